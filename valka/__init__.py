@@ -1,0 +1,5 @@
+"""Valka: a PostgreSQL-backed distributed task queue."""
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,61 @@
+"""Typed functions over workers, task runs and dead letters (read paths and session rows)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+from psycopg.rows import dict_row
+
+from valka.db.pool import Pool
+from valka.db.sqlfile import load_queries
+
+__all__ = ["dead_letter_list", "task_run_list", "worker_connect", "worker_disconnect",
+           "worker_disconnect_node", "worker_list"]
+
+_W: Final = load_queries("valka.db", "sql/workers.sql")
+_R: Final = load_queries("valka.db", "sql/task_runs.sql")
+_D: Final = load_queries("valka.db", "sql/dead_letter_queue.sql")
+
+Row = dict[str, Any]
+
+
+async def worker_connect(pool: Pool, *, id: str, name: str, node_id: str, queues: list[str],
+                         concurrency: int, labels: str, sdk_version: str) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(_W["worker_connect"], {
+            "id": id, "name": name, "node_id": node_id, "queues": queues,
+            "concurrency": concurrency, "labels": labels, "sdk_version": sdk_version})
+
+
+async def worker_disconnect(pool: Pool, *, id: str, node_id: str, connected_at: datetime
+                            ) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(_W["worker_disconnect"],
+                           {"id": id, "node_id": node_id, "connected_at": connected_at})
+
+
+async def worker_disconnect_node(pool: Pool, node_id: str) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(_W["worker_disconnect_node"], {"node_id": node_id})
+
+
+async def _fetch(pool: Pool, sql: Any, params: dict[str, Any]) -> list[Row]:
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def worker_list(pool: Pool, *, include_disconnected: bool, limit: int) -> list[Row]:
+    return await _fetch(pool, _W["worker_list"],
+                        {"include_disconnected": include_disconnected, "limit": limit})
+
+
+async def task_run_list(pool: Pool, task_id: str) -> list[Row]:
+    return await _fetch(pool, _R["task_run_list"], {"task_id": task_id})
+
+
+async def dead_letter_list(pool: Pool, *, queue_name: str | None, after_id: str | None,
+                           limit: int) -> list[Row]:
+    return await _fetch(pool, _D["dead_letter_list"],
+                        {"queue_name": queue_name, "after_id": after_id, "limit": limit})

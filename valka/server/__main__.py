@@ -1,0 +1,5 @@
+import sys
+
+from valka.server.main import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""Assembly and lifecycle of one Valka node: database, engine, readers, gRPC, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import Any
+
+import grpc
+
+from valka.core.config import Config
+from valka.core.errors import ConfigError
+from valka.core.ids import new_id
+from valka.db import misc as db_misc
+from valka.db import tasks as db_tasks
+from valka.db.embedded import EmbeddedPostgres
+from valka.db.migrate import apply_migrations
+from valka.db.pool import Pool, describe_conninfo, open_pool
+from valka.dispatcher.engine import Engine
+from valka.matching.listener import ReadyListener
+from valka.matching.reader import ReaderSet
+from valka.scheduler.maintenance import Maintenance
+from valka.server.grpc_api import ApiServicer
+from valka.server.grpc_worker import WorkerServicer
+from valka.v1 import api_pb2_grpc, worker_pb2_grpc
+
+__all__ = ["Node", "run_server"]
+
+log = logging.getLogger("valka.server")
+
+
+class Node:
+    """A running node. `start()` brings everything up; `stop()` drains and tears down."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.node_id = cfg.node_id or f"{socket.gethostname()}-{new_id()[-8:]}"
+        self.embedded: EmbeddedPostgres | None = None
+        self.database_url = cfg.database_url
+        self.pool: Pool | None = None
+        self.engine: Engine | None = None
+        self.readers: ReaderSet | None = None
+        self.listener: ReadyListener | None = None
+        self.maintenance: Maintenance | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self.worker_servicer: WorkerServicer | None = None
+        self.grpc_port = 0
+
+    async def prepare_database(self) -> str:
+        """Start the embedded PostgreSQL if no URL is configured, then migrate."""
+        if not self.database_url:
+            data_dir = self.cfg.resolved_data_dir()
+            self.embedded = EmbeddedPostgres(data_dir)
+            log.info("no database_url configured: starting embedded PostgreSQL in %s", data_dir)
+            self.database_url = await asyncio.to_thread(self.embedded.start)
+        applied = await apply_migrations(self.database_url)
+        for name in applied:
+            log.info("applied migration %s", name)
+        return self.database_url
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        url = await self.prepare_database()
+        self.pool = await open_pool(url, cfg.database.min_connections,
+                                    cfg.database.max_connections, name="pool",
+                                    statement_timeout_ms=cfg.database.statement_timeout_ms,
+                                    connect_timeout_s=cfg.database.connect_timeout_s)
+        await db_misc.worker_disconnect_node(self.pool, self.node_id)
+        self.engine = Engine(cfg, self.pool, self.node_id)
+        self.readers = ReaderSet(self.engine, cfg.matching.num_partitions,
+                                 cfg.matching.reader_batch_size,
+                                 cfg.matching.idle_poll_interval_s)
+        self.engine.wake_queue = self.readers.wake
+        self.listener = ReadyListener(url, self.readers.wake, self.readers.wake_all)
+        self.listener.start()
+        self.maintenance = Maintenance(cfg, self.pool)
+        self.maintenance.start()
+        for queue in await db_tasks.pending_queues(self.pool):
+            self.readers.wake(queue)
+        self.grpc_server = self._grpc_server()
+        self.worker_servicer = WorkerServicer(cfg, self.engine)
+        api_pb2_grpc.add_ApiServiceServicer_to_server(ApiServicer(cfg, self.engine),
+                                                      self.grpc_server)
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer,
+                                                            self.grpc_server)
+        self.grpc_port = self.grpc_server.add_insecure_port(cfg.grpc_addr)
+        if self.grpc_port == 0:
+            raise ConfigError(f"grpc_addr: cannot listen on {cfg.grpc_addr}",
+                              field="grpc_addr")
+        await self.grpc_server.start()
+        await asyncio.wait_for(self.listener.connected.wait(), cfg.database.connect_timeout_s)
+        host = cfg.grpc_addr.rsplit(":", 1)[0]
+        log.info("valka node %s ready: grpc=%s:%d database=%s", self.node_id, host,
+                 self.grpc_port, describe_conninfo(url))
+
+    def _grpc_server(self) -> grpc.aio.Server:
+        limit = self.cfg.limits.max_grpc_message_bytes
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        return grpc.aio.server(options=options)
+
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Drain workers (results still accepted), hand claimed work back, shut down."""
+        if self.worker_servicer is not None:
+            self.worker_servicer.accepting = False
+        if self.engine is not None:
+            self.engine.announce_drain(int(drain_s * 1000))
+            if not await self.engine.wait_idle(drain_s):
+                log.warning("drain timed out; running tasks keep their leases")
+        if self.readers is not None:
+            await self.readers.close()
+        if self.engine is not None:
+            await self.engine.release_claimed()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=1.0)
+        if self.worker_servicer is not None:
+            await self.worker_servicer.wait_closed()
+        if self.listener is not None:
+            await self.listener.close()
+        if self.maintenance is not None:
+            await self.maintenance.close()
+        if self.pool is not None:
+            await self.pool.close()
+        self.stop_database()
+
+    def stop_database(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+
+
+async def run_server(cfg: Config, *, migrate_only: bool = False) -> None:
+    node = Node(cfg)
+    if migrate_only:
+        try:
+            await node.prepare_database()
+            log.info("migrations are up to date")
+        finally:
+            node.stop_database()
+        return
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await node.stop()
+        log.info("stopped")

@@ -1,0 +1,172 @@
+"""ApiService: validate, call the engine or the database, translate. Nothing else."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import grpc
+
+from valka.core.config import Config
+from valka.core.errors import InvalidArgument, NotFound, ResourceExhausted
+from valka.core.ids import parse_id
+from valka.core.status import TaskStatus
+from valka.db import misc as db_misc
+from valka.db import tasks as db_tasks
+from valka.dispatcher.engine import Engine
+from valka.server.convert import (dead_letter_to_proto, run_to_proto, task_to_proto,
+                                  worker_to_proto)
+from valka.server.grpc_errors import grpc_errors
+from valka.server.validation import check_name, validate_create
+from valka.v1 import api_pb2, api_pb2_grpc, common_pb2
+
+__all__ = ["ApiServicer"]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def _encode_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, field: str) -> str | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        return parse_id(raw, field)
+    except (binascii.Error, UnicodeDecodeError, ValueError, InvalidArgument):
+        raise InvalidArgument(f"{field}: not a page token from this server",
+                              field=field) from None
+
+
+class ApiServicer(api_pb2_grpc.ApiServiceServicer):
+    def __init__(self, cfg: Config, engine: Engine) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.pool = engine.pool
+
+    def _page_size(self, page: common_pb2.PageRequest, field: str) -> int:
+        size = page.page_size or 100
+        limit = self.cfg.limits.max_page_size
+        if not 1 <= size <= limit:
+            raise InvalidArgument(f"{field}: {size} is outside 1..{limit}", field=field)
+        return size
+
+    @grpc_errors
+    async def CreateTask(self, request: api_pb2.CreateTaskRequest, context: Ctx
+                         ) -> api_pb2.CreateTaskResponse:
+        draft = validate_create(request, self.cfg.limits, self.cfg.tasks)
+        [(row, created)] = await self.engine.create_tasks([draft])
+        return api_pb2.CreateTaskResponse(task=task_to_proto(row), created=created)
+
+    @grpc_errors
+    async def CreateTasks(self, request: api_pb2.CreateTasksRequest, context: Ctx
+                          ) -> api_pb2.CreateTasksResponse:
+        limit = self.cfg.limits.max_batch_create
+        if not request.tasks:
+            raise InvalidArgument("tasks: must not be empty", field="tasks")
+        if len(request.tasks) > limit:
+            raise ResourceExhausted(f"tasks: {len(request.tasks)} tasks, the limit is {limit}",
+                                    field="tasks")
+        drafts = [validate_create(t, self.cfg.limits, self.cfg.tasks, prefix=f"tasks[{i}].")
+                  for i, t in enumerate(request.tasks)]
+        keys = [(d.queue_name, d.idempotency_key) for d in drafts if d.idempotency_key]
+        if len(set(keys)) != len(keys):
+            raise InvalidArgument("tasks: an idempotency key appears twice in one request",
+                                  field="tasks")
+        rows = await self.engine.create_tasks(drafts)
+        by_id = {str(r["id"]): (r, c) for r, c in rows}
+        by_key = {(r["queue_name"], r["idempotency_key"]): (r, c) for r, c in rows
+                  if r["idempotency_key"]}
+        results = []
+        for d in drafts:
+            hit = by_id.get(d.id) or by_key.get((d.queue_name, d.idempotency_key))
+            if hit is None:  # the task holding the key was deleted in between
+                raise NotFound("tasks: a task disappeared while being created")
+            results.append(api_pb2.CreateTaskResponse(task=task_to_proto(hit[0]),
+                                                      created=hit[1]))
+        return api_pb2.CreateTasksResponse(results=results)
+
+    @grpc_errors
+    async def GetTask(self, request: api_pb2.GetTaskRequest, context: Ctx
+                      ) -> api_pb2.GetTaskResponse:
+        task_id = parse_id(request.task_id, "task_id")
+        row = await db_tasks.get(self.pool, task_id)
+        if row is None:
+            raise NotFound(f"task_id: no task {task_id}", field="task_id")
+        return api_pb2.GetTaskResponse(task=task_to_proto(row))
+
+    @grpc_errors
+    async def GetTasks(self, request: api_pb2.GetTasksRequest, context: Ctx
+                       ) -> api_pb2.GetTasksResponse:
+        limit = self.cfg.limits.max_page_size
+        if len(request.task_ids) > limit:
+            raise ResourceExhausted(
+                f"task_ids: {len(request.task_ids)} ids, the limit is {limit}", field="task_ids")
+        ids = [parse_id(t, f"task_ids[{i}]") for i, t in enumerate(request.task_ids)]
+        rows = await db_tasks.get_many(self.pool, ids) if ids else []
+        return api_pb2.GetTasksResponse(tasks=[task_to_proto(r) for r in rows])
+
+    @grpc_errors
+    async def ListTasks(self, request: api_pb2.ListTasksRequest, context: Ctx
+                        ) -> api_pb2.ListTasksResponse:
+        size = self._page_size(request.page, "page.page_size")
+        after = _decode_token(request.page.page_token, "page.page_token")
+        status = None
+        if request.status:
+            try:
+                status = TaskStatus(request.status).name
+            except ValueError:
+                raise InvalidArgument(f"status: unknown value {request.status}",
+                                      field="status") from None
+        queue = (check_name(request.queue_name, "queue_name", self.cfg.limits.max_name_length,
+                            queue=True) if request.queue_name else None)
+        rows = await db_tasks.list_page(
+            self.pool, queue_name=queue, status=status, task_name=request.task_name or None,
+            after_id=after, limit=size + 1)
+        token = _encode_token(str(rows[size - 1]["id"])) if len(rows) > size else ""
+        return api_pb2.ListTasksResponse(tasks=[task_to_proto(r) for r in rows[:size]],
+                                         next_page_token=token)
+
+    @grpc_errors
+    async def CancelTask(self, request: api_pb2.CancelTaskRequest, context: Ctx
+                         ) -> api_pb2.CancelTaskResponse:
+        task_id = parse_id(request.task_id, "task_id")
+        if len(request.reason) > 1000:
+            raise InvalidArgument("reason: longer than 1000 characters", field="reason")
+        row, cancelled = await self.engine.cancel_task(task_id,
+                                                       request.reason.replace("\x00", ""))
+        return api_pb2.CancelTaskResponse(task=task_to_proto(row), cancelled=cancelled)
+
+    @grpc_errors
+    async def ListTaskRuns(self, request: api_pb2.ListTaskRunsRequest, context: Ctx
+                           ) -> api_pb2.ListTaskRunsResponse:
+        task_id = parse_id(request.task_id, "task_id")
+        rows = await db_misc.task_run_list(self.pool, task_id)
+        if not rows and await db_tasks.get(self.pool, task_id) is None:
+            raise NotFound(f"task_id: no task {task_id}", field="task_id")
+        return api_pb2.ListTaskRunsResponse(runs=[run_to_proto(r) for r in rows])
+
+    @grpc_errors
+    async def ListWorkers(self, request: api_pb2.ListWorkersRequest, context: Ctx
+                          ) -> api_pb2.ListWorkersResponse:
+        rows = await db_misc.worker_list(self.pool,
+                                         include_disconnected=request.include_disconnected,
+                                         limit=self.cfg.limits.max_page_size)
+        active = {s.worker_id: s.held for s in self.engine.sessions.values()}
+        return api_pb2.ListWorkersResponse(
+            workers=[worker_to_proto(r, active.get(r["id"], 0)) for r in rows])
+
+    @grpc_errors
+    async def ListDeadLetters(self, request: api_pb2.ListDeadLettersRequest, context: Ctx
+                              ) -> api_pb2.ListDeadLettersResponse:
+        size = self._page_size(request.page, "page.page_size")
+        after = _decode_token(request.page.page_token, "page.page_token")
+        rows = await db_misc.dead_letter_list(self.pool, queue_name=request.queue_name or None,
+                                              after_id=after, limit=size + 1)
+        token = _encode_token(rows[size - 1]["id"]) if len(rows) > size else ""
+        return api_pb2.ListDeadLettersResponse(
+            dead_letters=[dead_letter_to_proto(r) for r in rows[:size]],
+            next_page_token=token)
