@@ -24,8 +24,9 @@ venv: $(STAMP)
 # build/ inside the tree; it is removed before (stale files would leak into the wheel) and
 # after. The build never writes compiled modules into valka/ (test-pure checks).
 $(STAMP): pyproject.toml setup.py $(PACKAGE_SOURCES)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@if [ ! -x $(BIN)/python ]; then \
+		$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip; \
+	fi
 	rm -rf build valka.egg-info
 	VALKA_PURE=0 $(BIN)/python -m pip install --quiet --progress-bar off '.[dev]'
 	rm -rf build valka.egg-info

@@ -5,7 +5,8 @@ as a namespace package from the repository root, which is on sys.path under
 `python -m pytest` (or with pytest's `pythonpath = ["."]`).
 
 - `pg_admin_url` (session): a superuser URL on the maintenance database. From
-  VALKA_TEST_DATABASE_URL if set, else an embedded PostgreSQL started for the session.
+  VALKA_TEST_DATABASE_URL if set, else an embedded PostgreSQL started for the session
+  (in a folder under /tmp/valka-test-pg-<uid>/, cleaned of killed runs' leftovers).
 - `template_db` (session): a database with every migration of `schema/` applied, built once
   per run and used as the template of each test's database.
 - `db_url`: a fresh copy of the template for one test, dropped afterwards.
@@ -20,12 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import hashlib
 import os
 import re
 import secrets
+import shutil
 import socket
+import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psutil
 import psycopg
@@ -45,8 +51,11 @@ __all__ = [
     "ADMIN_URL_ENV",
     "db_pool",
     "db_url",
+    "embedded_root",
     "empty_db_url",
+    "new_embedded_data_dir",
     "pg_admin_url",
+    "remove_abandoned_data_dirs",
     "template_db",
     "unique_db_name",
     "with_database",
@@ -87,23 +96,64 @@ def drop_leftover_databases(admin_url: str) -> list[str]:
     return dropped
 
 
+def embedded_root() -> Path:
+    """The folder that holds the data folders of test-run embedded servers.
+
+    Not pytest's tmp_path: as root the server runs as another user, who must traverse every
+    parent folder, and each pytest session resets /tmp/pytest-of-<user> to mode 0700, which
+    would cut off the servers of any run going on at the same time.
+    """
+    root = Path(tempfile.gettempdir()) / f"valka-test-pg-{os.geteuid()}"
+    root.mkdir(mode=0o711, exist_ok=True)
+    return root
+
+
+def new_embedded_data_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="run-", dir=embedded_root()))
+
+
+def remove_abandoned_data_dirs() -> list[Path]:
+    """Stop servers and delete data folders that killed test runs left in `embedded_root`."""
+    root = embedded_root()
+    stop_orphaned_servers(root)
+    removed: list[Path] = []
+    for folder in root.iterdir():
+        lock = folder / "postgres.lock"
+        try:
+            # A folder whose owner is starting right now may have a lock file not yet
+            # locked: only consider ones untouched for a minute.
+            if time.time() - lock.stat().st_mtime < 60:
+                continue
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live owner
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     url = os.environ.get(ADMIN_URL_ENV)
     if url:
         drop_leftover_databases(url)
         yield url
         return
-    # A killed earlier run (of any test using EmbeddedPostgres) left its server running
-    # on a folder under the shared temp root; nothing else would ever stop it.
-    stop_orphaned_servers(tmp_path_factory.getbasetemp().parent)
-    server = EmbeddedPostgres(
-        tmp_path_factory.mktemp("embedded-pg"), database="postgres", durable=False
-    )
+    remove_abandoned_data_dirs()
+    data_dir = new_embedded_data_dir()
+    server = EmbeddedPostgres(data_dir, database="postgres", durable=False)
     try:
         yield server.start()
     finally:
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

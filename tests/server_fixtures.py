@@ -40,7 +40,7 @@ class RunningNode:
 
     async def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         async with await psycopg.AsyncConnection.connect(self.db_url, autocommit=True) as c:
-            cur = await c.execute(query.encode(), params or None)  # type: ignore[arg-type]
+            cur = await c.execute(query.encode(), params or None)
             return await cur.fetchall() if cur.description else []
 
     async def worker(self, queues: list[str], concurrency: int = 4,

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 import pytest
 
 from tests.server_fixtures import RunningNode, wait_until
 from valka.core.status import TaskStatus
-from valka.v1 import api_pb2, worker_pb2
+from valka.v1 import api_pb2, worker_pb2, worker_pb2_grpc
 
 
-async def create(node: RunningNode, queue: str = "q", **fields: object) -> str:
-    r = await node.api.CreateTask(api_pb2.CreateTaskRequest(
-        queue_name=queue, task_name="t", **fields))  # type: ignore[arg-type]
+async def create(node: RunningNode, queue: str = "q", **fields: Any) -> str:
+    r = await node.api.CreateTask(
+        api_pb2.CreateTaskRequest(queue_name=queue, task_name="t", **fields)
+    )
     return r.task.id
 
 
 async def status_of(node: RunningNode, task_id: str) -> tuple[str, int, int]:
-    rows = await node.sql("SELECT status::text, attempt, run_count FROM tasks WHERE id = %s",
-                          task_id)
-    return rows[0]  # type: ignore[return-value]
+    rows = await node.sql(
+        "SELECT status::text, attempt, run_count FROM tasks WHERE id = %s", task_id
+    )
+    status, attempt, runs = rows[0]
+    return str(status), int(attempt), int(runs)
 
 
 def ack(a: worker_pb2.Assignment) -> worker_pb2.Ack:
@@ -50,7 +55,7 @@ async def test_cold_path_backlog_then_worker(node: RunningNode) -> None:
 async def test_hot_path_goes_straight_to_the_idle_worker(node: RunningNode) -> None:
     w = await node.worker(["q"], concurrency=1)
     r = await node.api.CreateTask(api_pb2.CreateTaskRequest(queue_name="q", task_name="t"))
-    assert r.task.status == TaskStatus.DISPATCHING
+    assert TaskStatus(r.task.status) == TaskStatus.DISPATCHING
     [a] = await w.assignments(1)
     assert a.task_id == r.task.id
     await w.send(acks=[ack(a)])
@@ -60,13 +65,15 @@ async def test_hot_path_goes_straight_to_the_idle_worker(node: RunningNode) -> N
     [ra] = await w.result_acks(1)
     assert ra.accepted
     t = (await node.api.GetTask(api_pb2.GetTaskRequest(task_id=a.task_id))).task
-    assert t.status == TaskStatus.COMPLETED and json.loads(t.output) == {"sum": 3}
+    assert TaskStatus(t.status) == TaskStatus.COMPLETED and json.loads(t.output) == {"sum": 3}
     await w.close()
 
 
-def async_eq(node: RunningNode, task_id: str, status: str):  # type: ignore[no-untyped-def]
+def async_eq(node: RunningNode, task_id: str, status: str
+             ) -> Callable[[], Coroutine[Any, Any, bool]]:
     async def check() -> bool:
         return (await status_of(node, task_id))[0] == status
+
     return check
 
 
@@ -91,25 +98,48 @@ async def test_retryable_failure_then_dead_letter(node: RunningNode) -> None:
     await node.sql("UPDATE tasks SET scheduled_at = now()")
     w = await node.worker(["q"], concurrency=1)
     [a] = await w.assignments(1)
-    await w.send(acks=[ack(a)], results=[worker_pb2.Result(
-        task_id=a.task_id, attempt=a.attempt, success=False, retryable=True,
-        error_message="boom", retry_delay_ms=1)])
+    await w.send(
+        acks=[ack(a)],
+        results=[
+            worker_pb2.Result(
+                task_id=a.task_id,
+                attempt=a.attempt,
+                success=False,
+                retryable=True,
+                error_message="boom",
+                retry_delay_ms=1,
+            )
+        ],
+    )
     await w.result_acks(1)
     status, attempt, runs = await status_of(node, task_id)
     assert (status, runs) == ("RETRY", 1)
     # Promoted when due (the maintenance pass runs every second), dispatched again.
     [b] = await w.assignments(1, timeout=10)
     assert b.task_id == task_id and b.attempt == attempt + 1 and b.run_count == 1
-    await w.send(acks=[ack(b)], results=[worker_pb2.Result(
-        task_id=b.task_id, attempt=b.attempt, success=False, retryable=True,
-        error_message="boom again")])
+    await w.send(
+        acks=[ack(b)],
+        results=[
+            worker_pb2.Result(
+                task_id=b.task_id,
+                attempt=b.attempt,
+                success=False,
+                retryable=True,
+                error_message="boom again",
+            )
+        ],
+    )
     await w.result_acks(1)
     assert (await status_of(node, task_id))[0] == "DEAD_LETTER"
-    dlq = await node.sql("SELECT error_message, run_count FROM dead_letter_queue "
-                         "WHERE task_id = %s", task_id)
+    dlq = await node.sql(
+        "SELECT error_message, run_count FROM dead_letter_queue WHERE task_id = %s", task_id
+    )
     assert dlq == [("boom again", 2)]
-    runs_rows = await node.sql("SELECT attempt, status::text, error_message FROM task_runs "
-                               "WHERE task_id = %s ORDER BY attempt", task_id)
+    runs_rows = await node.sql(
+        "SELECT attempt, status::text, error_message FROM task_runs "
+        "WHERE task_id = %s ORDER BY attempt",
+        task_id,
+    )
     assert [r[1:] for r in runs_rows] == [("FAILED", "boom"), ("FAILED", "boom again")]
     await w.close()
 
@@ -118,9 +148,18 @@ async def test_non_retryable_failure_is_failed(node: RunningNode) -> None:
     task_id = await create(node)
     w = await node.worker(["q"])
     [a] = await w.assignments(1)
-    await w.send(acks=[ack(a)], results=[worker_pb2.Result(
-        task_id=a.task_id, attempt=a.attempt, success=False, retryable=False,
-        error_message="bad input")])
+    await w.send(
+        acks=[ack(a)],
+        results=[
+            worker_pb2.Result(
+                task_id=a.task_id,
+                attempt=a.attempt,
+                success=False,
+                retryable=False,
+                error_message="bad input",
+            )
+        ],
+    )
     await w.result_acks(1)
     assert (await status_of(node, task_id))[0] == "FAILED"
     await w.close()
@@ -130,9 +169,19 @@ async def test_retry_backoff_is_jittered(node: RunningNode) -> None:
     ids = [await create(node, max_retries=5) for _ in range(40)]
     w = await node.worker(["q"], concurrency=40)
     got = await w.assignments(40)
-    await w.send(acks=[ack(a) for a in got], results=[worker_pb2.Result(
-        task_id=a.task_id, attempt=a.attempt, success=False, retryable=True,
-        error_message="x") for a in got])
+    await w.send(
+        acks=[ack(a) for a in got],
+        results=[
+            worker_pb2.Result(
+                task_id=a.task_id,
+                attempt=a.attempt,
+                success=False,
+                retryable=True,
+                error_message="x",
+            )
+            for a in got
+        ],
+    )
     await w.result_acks(40)
     rows = await node.sql("SELECT scheduled_at FROM tasks WHERE id = ANY(%s::uuid[])", ids)
     assert len({r[0] for r in rows}) > 30  # spread out, not all due at one instant
@@ -145,8 +194,12 @@ async def test_late_result_of_old_attempt_changes_nothing(node: RunningNode) -> 
     [a] = await w.assignments(1)
     await w.send(acks=[ack(a)])
     await wait_until(async_eq(node, task_id, "RUNNING"))
-    stale = worker_pb2.Result(task_id=task_id, attempt=a.attempt - 1 if a.attempt > 1 else 99,
-                              success=True, output='"stale"')
+    stale = worker_pb2.Result(
+        task_id=task_id,
+        attempt=a.attempt - 1 if a.attempt > 1 else 99,
+        success=True,
+        output='"stale"',
+    )
     await w.send(results=[stale])
     [ra] = await w.result_acks(1)
     assert not ra.accepted
@@ -168,8 +221,9 @@ async def test_cancelled_task_cannot_complete(node: RunningNode) -> None:
     [ra] = await w.result_acks(1)
     assert not ra.accepted
     assert (await status_of(node, task_id))[0] == "CANCELLED"
-    assert (await node.sql("SELECT status::text FROM task_runs WHERE task_id = %s",
-                           task_id)) == [("CANCELLED",)]
+    assert (await node.sql("SELECT status::text FROM task_runs WHERE task_id = %s", task_id)) == [
+        ("CANCELLED",)
+    ]
     await w.close()
 
 
@@ -222,8 +276,11 @@ async def test_heartbeat_extends_lease_and_reports_lost(node: RunningNode) -> No
     await wait_until(async_eq(node, task_id, "RUNNING"))
     await node.sql("UPDATE tasks SET lease_expires_at = now() + interval '2 seconds'")
     ghost = worker_pb2.TaskRef(task_id="01a23d00-0000-7000-8000-000000000000", attempt=1)
-    await w.send(heartbeat=worker_pb2.Heartbeat(tasks=[
-        worker_pb2.TaskRef(task_id=task_id, attempt=a.attempt), ghost]))
+    await w.send(
+        heartbeat=worker_pb2.Heartbeat(
+            tasks=[worker_pb2.TaskRef(task_id=task_id, attempt=a.attempt), ghost]
+        )
+    )
     frame = await w.read_until(lambda f: f.HasField("heartbeat_ack"))
     assert [t.task_id for t in frame.heartbeat_ack.lost] == [ghost.task_id]
     left = await node.sql("SELECT lease_expires_at - now() > interval '20 seconds' FROM tasks")
@@ -232,8 +289,7 @@ async def test_heartbeat_extends_lease_and_reports_lost(node: RunningNode) -> No
 
 
 async def test_first_frame_without_hello_is_refused(node: RunningNode) -> None:
-    from valka.v1 import worker_pb2_grpc
-    call = worker_pb2_grpc.WorkerServiceStub(node.channel).Session()
+    call: Any = worker_pb2_grpc.WorkerServiceStub(node.channel).Session()
     await call.write(worker_pb2.WorkerFrame(acks=[worker_pb2.Ack(task_id="x", attempt=1)]))
     frame = await call.read()
     assert "hello" in frame.error
@@ -249,9 +305,12 @@ async def test_reconnect_adopts_running_tasks(node: RunningNode) -> None:
     await w.send(acks=[ack(a)])
     await wait_until(async_eq(node, task_id, "RUNNING"))
     await w.close()
-    again = await node.worker(["q"], concurrency=1, worker_id=w.worker_id,
-                              in_flight=[worker_pb2.TaskRef(task_id=task_id,
-                                                            attempt=a.attempt)])
+    again = await node.worker(
+        ["q"],
+        concurrency=1,
+        worker_id=w.worker_id,
+        in_flight=[worker_pb2.TaskRef(task_id=task_id, attempt=a.attempt)],
+    )
     await again.send(results=[ok(a)])
     [ra] = await again.result_acks(1)
     assert ra.accepted
@@ -263,7 +322,8 @@ async def test_task_inserted_by_plain_sql_is_picked_up(node: RunningNode) -> Non
     w = await node.worker(["sqlq"], concurrency=1)
     await node.sql(
         "INSERT INTO tasks (id, queue_name, task_name, partition_id, max_retries,"
-        " timeout_seconds) VALUES (gen_random_uuid(), 'sqlq', 't', 2, 0, 30)")
+        " timeout_seconds) VALUES (gen_random_uuid(), 'sqlq', 't', 2, 0, 30)"
+    )
     [a] = await w.assignments(1, timeout=5)
     assert a.queue_name == "sqlq"
     await w.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import psutil
 import psycopg
 import pytest
 
+from tests.pg_fixtures import new_embedded_data_dir
 from valka.core.errors import DatabaseError
 from valka.db.embedded import EmbeddedPostgres, stop_orphaned_servers
 
@@ -41,12 +43,15 @@ def is_gone(pid: int) -> bool:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "valka-data"
+def data_dir() -> Iterator[Path]:
+    # Not tmp_path: see embedded_root() for why.
+    folder = new_embedded_data_dir()
+    yield folder / "valka-data"
     # Whatever a test did, no postgres may outlive it.
-    leaked = postgres_processes_under(tmp_path)
+    leaked = postgres_processes_under(folder)
     for proc in leaked:
         proc.kill()
+    shutil.rmtree(folder, ignore_errors=True)
     assert not leaked, f"postgres processes outlived the test: {leaked}"
 
 
@@ -96,7 +101,7 @@ def test_second_owner_is_refused_while_the_first_runs(data_dir: Path) -> None:
 KILLED_OWNER = textwrap.dedent(
     """
     import sys
-    from valka.db.embedded import EmbeddedPostgres, stop_orphaned_servers
+    from valka.db.embedded import EmbeddedPostgres
     server = EmbeddedPostgres(sys.argv[1], durable=False)
     server.start()
     print(server.pid, flush=True)
@@ -147,6 +152,29 @@ def test_orphans_under_a_folder_are_stopped_and_owned_servers_kept(data_dir: Pat
         assert stopped == [orphan_pid]
         assert is_gone(orphan_pid)
         assert query(alive.conninfo, "SELECT 1") == 1
+
+
+def test_server_stops_at_interpreter_exit(data_dir: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        from valka.db.embedded import EmbeddedPostgres
+        server = EmbeddedPostgres(sys.argv[1], durable=False)
+        server.start()
+        print(server.pid, flush=True)
+        # no stop(): the atexit hook must do it
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(data_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+        timeout=120,
+    )
+
+    assert is_gone(int(done.stdout))
 
 
 @pytest.mark.parametrize("bystander_alive", [True, False], ids=["pid-reused", "pid-dead"])

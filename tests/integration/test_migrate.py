@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
+import valka
 from valka.core.errors import MigrationError
 from valka.db import migrate
 from valka.db.migrate import (
@@ -204,6 +206,28 @@ def test_bad_migration_files_are_refused(
 
     with pytest.raises(MigrationError, match=message):
         discover_migrations(tmp_path)
+
+
+def test_migrations_dir_prefers_package_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo_schema = Path(__file__).resolve().parents[2] / "schema"
+    assert Path(str(migrations_dir())) == repo_schema, "a source tree uses <repo>/schema"
+    # What an installed wheel looks like: the files shipped as valka/schema/.
+    (tmp_path / "schema").mkdir()
+    (tmp_path / "schema" / "__init__.py").write_text("")
+    (tmp_path / "schema" / "0001_packaged.sql").write_text("SELECT 1;\n")
+    monkeypatch.setattr(valka, "__path__", [*valka.__path__, str(tmp_path)])
+    try:
+        found = migrations_dir()
+        names = [m.name for m in discover_migrations(found)]
+    finally:
+        # Finding it imported it; later tests must see the source tree again.
+        monkeypatch.undo()
+        sys.modules.pop("valka.schema", None)
+
+    assert names == ["0001_packaged"]
+    assert Path(str(migrations_dir())) == repo_schema
 
 
 async def test_real_schema_is_applied_to_test_databases(db_url: str) -> None:

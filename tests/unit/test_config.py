@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -376,3 +377,11 @@ def test_config_keys_cover_every_section() -> None:
     sections = {key.split(".")[0] for key in keys if "." in key}
     assert sections == {"database", "matching", "limits", "tasks", "worker", "retry", "scheduler"}
     assert "node_id" in keys
+
+
+def test_shell_valka_variables_never_reach_a_test() -> None:
+    # tests/conftest.py clears them; a stray VALKA_MATCHING__NUM_PARTITIONS=0 in a developer's
+    # shell would otherwise break this load.
+    kept = {"VALKA_TEST_DATABASE_URL", "VALKA_EXPECT_COMPILED"}
+    assert [name for name in os.environ if name.startswith("VALKA_") and name not in kept] == []
+    assert load_config() == Config()

@@ -18,7 +18,7 @@ import pytest
 
 from valka.core.errors import Unauthenticated
 from valka.sdk import Backoff, Fail, Retry, TaskContext, ValkaWorker
-from valka.v1 import worker_pb2, worker_pb2_grpc
+from valka.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 WAIT = 10.0  # deadline for anything the worker should do "soon"
 
@@ -134,7 +134,8 @@ class FakeServer(worker_pb2_grpc.WorkerServiceServicer):
         session: FakeSession,
     ) -> None:
         while True:
-            frame = await context.read()
+            # The stubs say read() returns a request; at the end it returns grpc.aio.EOF.
+            frame: object = await context.read()
             if not isinstance(frame, worker_pb2.WorkerFrame):
                 # The worker half-closed after its drain: end the stream as the server would.
                 session.half_closed.set()
@@ -145,7 +146,9 @@ class FakeServer(worker_pb2_grpc.WorkerServiceServicer):
                 session.send(
                     worker_pb2.ServerFrame(
                         result_acks=[
-                            worker_pb2.ResultAck(task_id=r.task_id, attempt=r.attempt, accepted=True)
+                            worker_pb2.ResultAck(
+                                task_id=r.task_id, attempt=r.attempt, accepted=True
+                            )
                             for r in frame.results
                         ]
                     )
@@ -434,13 +437,13 @@ async def test_logs_travel_in_batches_with_the_run(
     running = start(handlers={"chatty": chatty})
     session = await server.next_session()
     session.assign(assignment("t1", "chatty"))
-    logs = []
+    logs: list[common_pb2.LogEntry] = []
     while len(logs) < 3:
         logs.extend((await session.frame()).logs)
     assert [entry.message for entry in logs] == ["line 0", "line 1", "line 2"]
     assert {entry.task_run_id for entry in logs} == {"run-t1"}
     assert msgspec.json.decode(logs[2].metadata) == {"step": 2}
-    assert logs[0].level == 3  # LOG_LEVEL_WARN
+    assert logs[0].level == common_pb2.LOG_LEVEL_WARN
     await running.finish()
 
 
@@ -510,7 +513,9 @@ async def test_heartbeats_list_running_tasks_and_lost_ones_are_cancelled(
     assert [(t.task_id, t.attempt) for t in frame.heartbeat.tasks] == [("t1", 4)]
     session.send(
         worker_pb2.ServerFrame(
-            heartbeat_ack=worker_pb2.HeartbeatAck(lost=[worker_pb2.TaskRef(task_id="t1", attempt=4)])
+            heartbeat_ack=worker_pb2.HeartbeatAck(
+                lost=[worker_pb2.TaskRef(task_id="t1", attempt=4)]
+            )
         )
     )
     (result,) = await session.results(1)
@@ -604,3 +609,53 @@ def test_register_rejects_duplicates_and_bad_names() -> None:
         ValkaWorker("127.0.0.1:1", queues=[])
     assert worker.handlers == ["a"]
 
+
+async def test_work_running_across_a_break_is_reported_on_the_new_session(
+    fake: tuple[FakeServer, str], start: Callable[..., Running]
+) -> None:
+    server, _ = fake
+    gate = asyncio.Event()
+    running = start(handlers={"echo": gated(gate)})
+    first = await server.next_session()
+    first.assign(assignment("t1", attempt=2))
+    await first.frame()
+    first.end(grpc.StatusCode.UNAVAILABLE, "network trouble")
+    second = await server.next_session()
+    # The new session first refreshes the lease of what still runs here.
+    frame = await second.frame(heartbeats=True)
+    assert [(t.task_id, t.attempt) for t in frame.heartbeat.tasks] == [("t1", 2)]
+    gate.set()
+    (result,) = await second.results(1)
+    assert (result.task_id, result.attempt, result.success) == ("t1", 2, True)
+    await running.finish()
+
+
+async def test_drain_timeout_reports_unfinished_work_as_retryable(
+    fake: tuple[FakeServer, str], start: Callable[..., Running]
+) -> None:
+    server, _ = fake
+    running = start(handlers={"forever": _never}, drain_timeout=0.2)
+    session = await server.next_session()
+    session.assign(assignment("t1", "forever"))
+    await session.frame()
+    running.worker.stop()
+    (result,) = await session.results(1)
+    assert (result.success, result.retryable) == (False, True)
+    assert result.error_message == "worker shut down before the task finished"
+    await asyncio.wait_for(running.task, WAIT)
+    assert session.half_closed.is_set()
+
+
+async def test_input_that_is_not_json_fails_for_good(
+    fake: tuple[FakeServer, str], start: Callable[..., Running]
+) -> None:
+    server, _ = fake
+    running = start(handlers={"echo": lambda ctx: None})
+    session = await server.next_session()
+    broken = assignment("t1")
+    broken.input = "{not json"
+    session.assign(broken)
+    (result,) = await session.results(1)
+    assert (result.success, result.retryable) == (False, False)
+    assert result.error_message.startswith("input is not valid JSON")
+    await running.finish()

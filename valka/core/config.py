@@ -497,4 +497,3 @@ def validate(config: Config) -> None:
 
     if p.items:
         raise ConfigError("invalid config: " + "; ".join(p.items), field=p.first_key)
-

@@ -135,14 +135,20 @@ class EmbeddedPostgres:
                 return self.conninfo
             if os.name != "posix":
                 raise DatabaseError("the embedded PostgreSQL needs a POSIX system")
-            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._lock_fd = _take_ownership(self.data_dir / "postgres.lock")
-            self._owner_pid = os.getpid()
             try:
-                self._start_locked()
-            except BaseException:
-                self._stop_locked()
-                raise
+                self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._lock_fd = _take_ownership(self.data_dir / "postgres.lock")
+                self._owner_pid = os.getpid()
+                try:
+                    self._start_locked()
+                except BaseException:
+                    self._stop_locked()
+                    raise
+            except OSError as exc:
+                # Typically a folder made by another user (e.g. by a run as root).
+                raise DatabaseError(
+                    f"cannot start the embedded PostgreSQL in {self.data_dir}: {exc}"
+                ) from exc
             atexit.register(self.stop)
             return self.conninfo
 

@@ -30,7 +30,7 @@ from typing import Final
 import psycopg
 from psycopg.rows import TupleRow
 
-from valka.core.errors import MigrationError
+from valka.core.errors import DatabaseError, MigrationError
 from valka.db.pool import connect_dedicated
 from valka.db.sqlfile import load_queries
 
@@ -148,6 +148,8 @@ async def apply_migrations(conninfo: str, directory: Traversable | None = None) 
             done.append(migration.name)
         await conn.execute(_QUERIES["migration_unlock"], {"lock_key": _LOCK_KEY})
         return done
+    except psycopg.Error as exc:
+        raise DatabaseError(f"could not migrate the database: {exc}") from exc
     finally:
         # Closing the session also releases the lock if we left early.
         await conn.close()
@@ -171,11 +173,14 @@ async def migration_status(
     Accepts a connection string or an open connection (a pooled one, for health checks).
     """
     migrations = discover_migrations(directory)
-    async with _connection(conninfo) as conn:
-        cursor = await conn.execute(_QUERIES["migration_table_exists"])
-        row = await cursor.fetchone()
-        exists = bool(row and row[0])
-        applied = await _applied(conn) if exists else []
+    try:
+        async with _connection(conninfo) as conn:
+            cursor = await conn.execute(_QUERIES["migration_table_exists"])
+            row = await cursor.fetchone()
+            exists = bool(row and row[0])
+            applied = await _applied(conn) if exists else []
+    except psycopg.Error as exc:
+        raise DatabaseError(f"could not read the migration history: {exc}") from exc
     pending, problems = _compare(applied, migrations)
     return MigrationStatus(
         applied=tuple(name for _, name, _ in applied),

@@ -10,7 +10,8 @@ from psycopg.rows import dict_row
 from valka.db.pool import Pool
 from valka.db.sqlfile import load_queries
 
-__all__ = ["dead_letter_list", "task_run_list", "worker_connect", "worker_disconnect",
+__all__ = ["dead_letter_list", "signal_acknowledge", "signal_insert", "signal_list",
+           "signal_mark_delivered", "task_run_list", "worker_connect", "worker_disconnect",
            "worker_disconnect_node", "worker_list"]
 
 _W: Final = load_queries("valka.db", "sql/workers.sql")
@@ -59,3 +60,27 @@ async def dead_letter_list(pool: Pool, *, queue_name: str | None, after_id: str 
                            limit: int) -> list[Row]:
     return await _fetch(pool, _D["dead_letter_list"],
                         {"queue_name": queue_name, "after_id": after_id, "limit": limit})
+
+
+_S: Final = load_queries("valka.db", "sql/task_signals.sql")
+
+
+async def signal_insert(pool: Pool, *, id: str, task_id: str, name: str, payload: str | None
+                        ) -> Row | None:
+    rows = await _fetch(pool, _S["signal_insert"],
+                        {"id": id, "task_id": task_id, "name": name, "payload": payload})
+    return rows[0] if rows else None
+
+
+async def signal_mark_delivered(pool: Pool, ids: list[str]) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(_S["signal_mark_delivered"], {"ids": ids})
+
+
+async def signal_acknowledge(pool: Pool, ids: list[str], worker_id: str) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(_S["signal_acknowledge"], {"ids": ids, "worker_id": worker_id})
+
+
+async def signal_list(pool: Pool, task_id: str) -> list[Row]:
+    return await _fetch(pool, _S["signal_list"], {"task_id": task_id})

@@ -19,7 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from valka.core.config import Config
-from valka.core.errors import NotFound
+from valka.core.errors import FailedPrecondition, NotFound
 from valka.core.ids import new_id
 from valka.db import misc as db_misc
 from valka.db import tasks as db_tasks
@@ -34,6 +34,8 @@ log = logging.getLogger("valka.engine")
 
 _JSON_NUL: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _JSON_DECODER: Final = msgspec.json.Decoder()
+_UUID: Final = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                          r"[0-9a-fA-F]{12}")
 
 
 class _Claimed(msgspec.Struct):
@@ -153,6 +155,25 @@ class Engine:
         if holder is not None and row["previous_status"] in ("DISPATCHING", "RUNNING"):
             holder.cancel(task_id, row["attempt"], reason or "cancelled")
         return row, True
+
+    async def send_signal(self, task_id: str, name: str, payload: str | None
+                          ) -> tuple[str, bool]:
+        """Store a signal; push it now if a worker of this node runs the task."""
+        row = await db_misc.signal_insert(self.pool, id=new_id(), task_id=task_id, name=name,
+                                          payload=payload)
+        if row is None:
+            if await db_tasks.get(self.pool, task_id) is None:
+                raise NotFound(f"task_id: no task {task_id}", field="task_id")
+            raise FailedPrecondition(f"task_id: task {task_id} has already finished",
+                                     field="task_id")
+        holder = self.sessions.get(self._holder.get(task_id, -1))
+        if holder is None or task_id not in holder.running:
+            return row["id"], False
+        holder.signal(worker_pb2.Signal(
+            signal_id=row["id"], task_id=task_id, name=name, payload=payload or "",
+            timestamp_ms=_now_ms()))
+        await db_misc.signal_mark_delivered(self.pool, [row["id"]])
+        return row["id"], True
 
     # ---- the cold path ---------------------------------------------------------------
 
@@ -289,6 +310,10 @@ class Engine:
             await self._on_results(session, frame.results)
         if frame.HasField("heartbeat"):
             await self._on_heartbeat(session, frame.heartbeat)
+        if frame.signal_acks:
+            await db_misc.signal_acknowledge(self.pool, [a.signal_id for a in frame.signal_acks
+                                                         if _is_uuid(a.signal_id)],
+                                             session.worker_id)
         if frame.HasField("drain"):
             self.drain_session(session)
         if frame.credits > 0 and not session.draining:
@@ -411,6 +436,10 @@ class Engine:
                 return False
             await asyncio.sleep(0.02)
         return True
+
+
+def _is_uuid(text: str) -> bool:
+    return bool(_UUID.fullmatch(text))
 
 
 def _now_ms() -> int:

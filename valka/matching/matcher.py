@@ -93,6 +93,8 @@ class _Slot:
         # partition's rotation. Cleared when the entry is consumed for a worker without
         # credit; set again, with a fresh entry, when credit returns. So entries per rotation
         # are bounded by the slots that exist, however often credit comes and goes.
+        # A live worker with credit has all its slots queued: entries are only consumed
+        # without being put back when the worker's credit is (or just became) zero.
         self.queued = False
 
 
@@ -313,7 +315,8 @@ class Matcher:
                 q.waiting += 1
         matches: list[tuple[int, int]] = []
         self._drain(w, matches)
-        if w.credits > 0:
+        # A worker that had credit left has every slot queued already (see _Slot.queued).
+        if before == 0 and w.credits > 0:
             _enroll(w)
         return matches
 
@@ -374,7 +377,8 @@ class Matcher:
     def offer(self, queue: str, partition: int, task: int, priority: int) -> tuple[Offer, int]:
         """A task claimed from the database: match it, buffer it, or reject it."""
         self._check_partition(partition)
-        if task in self._tasks:
+        # (The emptiness test first spares boxing the key when nothing is buffered.)
+        if self._tasks and task in self._tasks:
             raise ValueError(f"task {task} is already buffered")
         q = self._queues.get(queue)
         if q is None:
@@ -396,7 +400,8 @@ class Matcher:
             _heap_push(q.levels, -priority)
         level.items.append(t)
         q.buffered += 1
-        q.buffered_at[partition] += 1
+        buffered_at = q.buffered_at
+        buffered_at[partition] = buffered_at[partition] + 1
         self._tasks[task] = t
         return (_BUFFERED, NO_WORKER)
 
@@ -563,6 +568,8 @@ class Matcher:
 
     def _drain(self, w: _Worker, out: list[tuple[int, int]]) -> None:
         """Let ``w`` take buffered tasks while it has credit, its queues taking turns."""
+        if not self._tasks:
+            return
         members = w.members
         count = len(members)
         i = w.next_member

@@ -9,6 +9,7 @@ one `FOR UPDATE SKIP LOCKED` statement, and keeps claiming while full batches co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Protocol
 
@@ -39,10 +40,8 @@ class _Reader:
     async def _run(self) -> None:
         failures = 0
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.idle_poll_s)
-            except TimeoutError:
-                pass
             self.wake.clear()
             try:
                 while (want := self.target.demand(self.queue, self.partition)) > 0:

@@ -63,6 +63,10 @@ def open_channel(server: str) -> grpc.aio.Channel:
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # grpc's own reconnect backoff grows to 120 s by default; calls fail fast while
+            # it runs, which would stretch the worker's own (jittered, capped) backoff.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 5_000),
         ],
     )
 

@@ -20,6 +20,10 @@ __all__ = ["Outbox"]
 _FRAME_SLACK: Final = 16 * 1024
 # Logs are best effort: past this many unsent entries, new ones are dropped and counted.
 MAX_PENDING_LOGS: Final = 10_000
+# Logs do not wake the sender on their own: they ride along with the next frame, or go
+# out after LOG_LINGER seconds, or once LOG_BATCH of them wait.
+LOG_LINGER: Final = 0.2
+LOG_BATCH: Final = 500
 
 
 class Outbox:
@@ -29,6 +33,7 @@ class Outbox:
         "drain",
         "dropped_logs",
         "heartbeat_due",
+        "log_timer",
         "logs",
         "ready",
         "results",
@@ -44,6 +49,7 @@ class Outbox:
         self.drain: worker_pb2.Drain | None = None
         self.heartbeat_due = False
         self.dropped_logs = 0
+        self.log_timer: asyncio.TimerHandle | None = None
         # Set whenever something is added; the sender waits on it.
         self.ready = asyncio.Event()
 
@@ -60,7 +66,15 @@ class Outbox:
             self.dropped_logs += 1
             return
         self.logs.append(entry)
-        self.ready.set()
+        if len(self.logs) >= LOG_BATCH:
+            self.ready.set()
+        elif self.log_timer is None:
+            self.log_timer = asyncio.get_running_loop().call_later(LOG_LINGER, self._flush_logs)
+
+    def _flush_logs(self) -> None:
+        self.log_timer = None
+        if self.logs:
+            self.ready.set()
 
     def add_signal_ack(self, signal_id: str) -> None:
         self.signal_acks.append(worker_pb2.SignalAck(signal_id=signal_id))
@@ -88,6 +102,16 @@ class Outbox:
         self.credits = 0
         self.heartbeat_due = False
         self.ready.set()
+
+    def urgent(self) -> bool:
+        """Whether something waits that the server needs at once (not results or logs)."""
+        return bool(
+            self.acks
+            or self.signal_acks
+            or self.credits
+            or self.drain is not None
+            or self.heartbeat_due
+        )
 
     def empty(self) -> bool:
         return not (

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import grpc.aio
 
-from valka.core.errors import InvalidArgument, NotFound
+from valka.core.errors import InvalidArgument, NotFound, Unavailable
 from valka.core.ids import parse_id
 from valka.core.status import TERMINAL, TaskStatus
 from valka.sdk import _convert
+from valka.sdk._backoff import Backoff
 from valka.sdk._channel import (
     call_metadata,
     map_rpc_error,
@@ -35,6 +36,8 @@ _Resp = TypeVar("_Resp")
 
 # Ids and task specs per GetTasks / CreateTasks call.
 DEFAULT_BATCH_SIZE: Final = 500
+# How long wait_for_tasks keeps polling through an unreachable server.
+UNAVAILABLE_PATIENCE: Final = 60.0
 
 
 class ValkaClient:
@@ -233,7 +236,8 @@ class ValkaClient:
         and return them in the order of `task_ids`.
 
         Raises TimeoutError after `timeout` seconds, NotFound for an id the server does not
-        know.
+        know. An unreachable server (a restart) is polled again for up to a minute before
+        its Unavailable error is raised.
         """
         if poll_interval <= 0:
             raise InvalidArgument("poll_interval: must be > 0", field="poll_interval")
@@ -242,8 +246,23 @@ class ValkaClient:
         wanted = [parse_id(task_id, "task_ids") for task_id in task_ids]
         done: dict[str, TaskInfo] = {}
         waiting = list(dict.fromkeys(wanted))
+        outage_started: float | None = None
+        retry = Backoff(base=poll_interval, cap=max(poll_interval, 2.0))
         while True:
-            found = {task.id: task for task in await self.get_tasks(waiting)}
+            try:
+                found = {task.id: task for task in await self.get_tasks(waiting)}
+            except Unavailable:
+                # A server restart should not end a long wait; a long outage does.
+                now = time.monotonic()
+                outage_started = outage_started or now
+                if now - outage_started > UNAVAILABLE_PATIENCE or (
+                    deadline is not None and now + retry.base > deadline
+                ):
+                    raise
+                await asyncio.sleep(retry.next_delay())
+                continue
+            outage_started = None
+            retry.reset()
             missing = [task_id for task_id in waiting if task_id not in found]
             if missing:
                 raise NotFound(f"task not found: {missing[0]}" + _more(len(missing)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 import os
 import signal
@@ -28,7 +27,7 @@ import grpc.aio
 import msgspec
 
 from valka.core import errors
-from valka.sdk import _convert, _outcome
+from valka.sdk import _convert, _handler
 from valka.sdk._backoff import Backoff
 from valka.sdk._channel import (
     SDK_VERSION,
@@ -39,6 +38,7 @@ from valka.sdk._channel import (
     resolve_server,
     resolve_token,
 )
+from valka.sdk._handler import Handler
 from valka.sdk._outbox import Outbox
 from valka.sdk.context import TaskContext
 from valka.sdk.errors import Fail, Retry
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Handler", "ValkaWorker"]
 
-Handler = Callable[[TaskContext], Any]
 _H = TypeVar("_H", bound=Handler)
 _Key = tuple[str, int]
 _Call = grpc.aio.StreamStreamCall[worker_pb2.WorkerFrame, worker_pb2.ServerFrame]
@@ -64,6 +63,8 @@ STABLE_SESSION: Final = 10.0
 RESULT_ACK_GRACE: Final = 10.0
 # After half-closing, how long the server may take to end the stream.
 CLOSE_GRACE: Final = 5.0
+# How long a result may wait for others while handlers are still running.
+RESULT_LINGER: Final = 0.005
 # Burst mode: stop after this long with nothing assigned and nothing running.
 BURST_IDLE: Final = 0.5
 _DEFAULT_HEARTBEAT_S: Final = 10.0
@@ -190,6 +191,8 @@ class ValkaWorker:
         self._running: dict[_Key, _Running] = {}
         # Results sent or waiting to be sent, until the server's ResultAck.
         self._unconfirmed: dict[_Key, worker_pb2.Result] = {}
+        # Tasks stopped by the server (cancelled, lost): a refused result is no surprise.
+        self._cancelled_keys: set[_Key] = set()
         self._outbox = Outbox()
         self._changed = _Notifier()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -428,7 +431,7 @@ class ValkaWorker:
             except _SessionEnded as exc:
                 problem = str(exc)
             except (asyncio.InvalidStateError, grpc.aio.UsageError, OSError) as exc:
-                problem = _outcome.describe(exc)
+                problem = _handler.describe(exc)
             finally:
                 lasted = time.monotonic() - started if self._welcomed else 0.0
                 self._welcomed = False
@@ -477,7 +480,9 @@ class ValkaWorker:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if sender in done and reader not in done and _succeeded(sender):
                 # Half-closed after a drain: the server now closes its side.
-                more, _ = await asyncio.wait({reader, aborter}, timeout=CLOSE_GRACE)
+                more, _ = await asyncio.wait(
+                    {reader, aborter}, timeout=CLOSE_GRACE, return_when=asyncio.FIRST_COMPLETED
+                )
                 done |= more
             for task in (reader, sender):
                 if task in done and not task.cancelled():
@@ -516,6 +521,7 @@ class ValkaWorker:
                 raise _Fatal(error_for_code(code, f"the server refused the worker: {message}"))
             raise _SessionEnded(f"refused: {message}")
         self._on_welcome(first.welcome)
+        self._on_frame(first)
 
     def _on_welcome(self, welcome: worker_pb2.Welcome) -> None:
         self._welcomed = True
@@ -559,8 +565,13 @@ class ValkaWorker:
         outbox = self._outbox
         while True:
             await outbox.ready.wait()
-            # Let everything that becomes ready in this turn of the loop join the frame.
-            await asyncio.sleep(0)
+            if self._running and not outbox.urgent():
+                # Handlers in threads finish one by one; a short wait lets results that
+                # come close together share a frame, a server round trip and a commit.
+                await asyncio.sleep(RESULT_LINGER)
+            else:
+                # Let everything that becomes ready in this turn of the loop join the frame.
+                await asyncio.sleep(0)
             outbox.ready.clear()
             while (frame := outbox.take(self._max_message, self._running)) is not None:
                 await call.write(frame)
@@ -617,15 +628,20 @@ class ValkaWorker:
 
     def _on_result_ack(self, ack: worker_pb2.ResultAck) -> None:
         key = (ack.task_id, ack.attempt)
-        if self._unconfirmed.pop(key, None) is None:
+        result = self._unconfirmed.pop(key, None)
+        stopped_by_server = key in self._cancelled_keys
+        self._cancelled_keys.discard(key)
+        if result is None or ack.accepted:
             return
-        if not ack.accepted:
-            log.warning(
-                "result of task %s attempt %d refused: %s",
-                ack.task_id,
-                ack.attempt,
-                ack.reason or "no reason given",
-            )
+        # Refusing the result of a cancelled or lost task is the expected end of the story.
+        expected = stopped_by_server and not result.success
+        log.log(
+            logging.INFO if expected else logging.WARNING,
+            "result of task %s attempt %d refused: %s",
+            ack.task_id,
+            ack.attempt,
+            ack.reason or "no reason given",
+        )
 
     def _on_signal(self, sig: worker_pb2.Signal) -> None:
         for running in self._running.values():
@@ -647,7 +663,7 @@ class ValkaWorker:
         try:
             ctx = self._context(assignment)
         except ValueError as exc:
-            self._report(key, _outcome.failure(*key, str(exc), retryable=False))
+            self._report(key, _handler.failure(*key, str(exc), retryable=False))
             return
         running = _Running(key, ctx)
         self._running[key] = running
@@ -705,6 +721,8 @@ class ValkaWorker:
         if running is None or running.ctx.cancelled:
             return
         running.retry_on_cancel = retryable
+        if not retryable:
+            self._cancelled_keys.add(key)
         running.ctx._cancel(reason)
         if running.future is not None:
             running.future.cancel()
@@ -729,7 +747,7 @@ class ValkaWorker:
         self._poke()
 
     def _cancelled_result(self, running: _Running) -> worker_pb2.Result:
-        return _outcome.failure(
+        return _handler.failure(
             *running.key,
             running.ctx.cancel_reason or "cancelled",
             retryable=running.retry_on_cancel,
@@ -740,17 +758,17 @@ class ValkaWorker:
         ctx = running.ctx
         fn = self._handlers.get(task_name)
         if fn is None:
-            return _outcome.failure(*key, f"no handler for task {task_name!r}", retryable=False)
+            return _handler.failure(*key, f"no handler for task {task_name!r}", retryable=False)
         if ctx.cancelled:
             return self._cancelled_result(running)
         max_output = self._max_output
-        if _is_async(fn):
-            running.future = asyncio.ensure_future(_call_async(fn, ctx, max_output))
+        if _handler.is_async(fn):
+            running.future = asyncio.ensure_future(_handler.call_async(fn, ctx, max_output))
         else:
             assert self._executor is not None
             loop = asyncio.get_running_loop()
             running.future = loop.run_in_executor(
-                self._executor, _call_sync, fn, ctx, max_output, loop
+                self._executor, _handler.call_sync, fn, ctx, max_output, loop
             )
         try:
             output = await running.future
@@ -763,35 +781,12 @@ class ValkaWorker:
             if ctx.cancel_reason is not None:
                 return self._cancelled_result(running)
             if not isinstance(exc, Exception):
-                log.warning("handler of %s raised %s", task_name, _outcome.describe(exc))
-            if not isinstance(exc, Retry | Fail | _outcome.OutputError):
+                log.warning("handler of %s raised %s", task_name, _handler.describe(exc))
+            if not isinstance(exc, Retry | Fail | _handler.OutputError):
                 # The error text names the exception; the task's log keeps where it came from.
-                ctx.log(_outcome.format_traceback(exc), level="error")
-            return _outcome.exception_result(*key, exc, self.non_retryable)
-        return _outcome.success(*key, output)
-
-
-def _is_async(fn: Handler) -> bool:
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 - looking for an async __call__
-    return inspect.iscoroutinefunction(call)
-
-
-async def _call_async(fn: Handler, ctx: TaskContext, max_output: int) -> str:
-    value = await fn(ctx)
-    return _outcome.encode_output(value, max_output)
-
-
-def _call_sync(
-    fn: Handler, ctx: TaskContext, max_output: int, loop: asyncio.AbstractEventLoop
-) -> str:
-    value = fn(ctx)
-    if inspect.iscoroutine(value):
-        # A plain function that returned a coroutine (a wrapper around an async function):
-        # run it on the worker's loop and wait here, in the handler's thread.
-        value = asyncio.run_coroutine_threadsafe(value, loop).result()
-    return _outcome.encode_output(value, max_output)
+                ctx.log(_handler.format_traceback(exc), level="error")
+            return _handler.exception_result(*key, exc, self.non_retryable)
+        return _handler.success(*key, output)
 
 
 def _succeeded(task: asyncio.Task[None]) -> bool:

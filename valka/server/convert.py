@@ -8,8 +8,14 @@ from typing import Any
 from valka.core.status import TaskStatus
 from valka.v1 import common_pb2
 
-__all__ = ["ms", "run_to_proto", "status_value", "task_to_proto", "worker_to_proto",
-           "dead_letter_to_proto"]
+__all__ = [
+    "dead_letter_to_proto",
+    "ms",
+    "run_to_proto",
+    "status_value",
+    "task_to_proto",
+    "worker_to_proto",
+]
 
 
 def ms(value: datetime | None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -15,11 +16,16 @@ from valka.core.status import TaskStatus
 from valka.db import misc as db_misc
 from valka.db import tasks as db_tasks
 from valka.dispatcher.engine import Engine
-from valka.server.convert import (dead_letter_to_proto, run_to_proto, task_to_proto,
-                                  worker_to_proto)
+from valka.server.convert import (
+    dead_letter_to_proto,
+    ms,
+    run_to_proto,
+    task_to_proto,
+    worker_to_proto,
+)
 from valka.server.grpc_errors import grpc_errors
-from valka.server.validation import check_name, validate_create
-from valka.v1 import api_pb2, api_pb2_grpc, common_pb2
+from valka.server.validation import check_json, check_name, validate_create
+from valka.v1 import api_pb2, api_pb2_grpc, common_pb2, events_pb2
 
 __all__ = ["ApiServicer"]
 
@@ -170,3 +176,38 @@ class ApiServicer(api_pb2_grpc.ApiServiceServicer):
         return api_pb2.ListDeadLettersResponse(
             dead_letters=[dead_letter_to_proto(r) for r in rows[:size]],
             next_page_token=token)
+
+    @grpc_errors
+    async def SendSignal(self, request: api_pb2.SendSignalRequest, context: Ctx
+                         ) -> api_pb2.SendSignalResponse:
+        task_id = parse_id(request.task_id, "task_id")
+        name = check_name(request.signal_name, "signal_name", self.cfg.limits.max_name_length)
+        payload = (check_json(request.payload, "payload", self.cfg.limits.max_metadata_bytes)
+                   if request.payload else None)
+        signal_id, delivered = await self.engine.send_signal(task_id, name, payload)
+        return api_pb2.SendSignalResponse(signal_id=signal_id, delivered=delivered)
+
+    @grpc_errors
+    async def ListSignals(self, request: api_pb2.ListSignalsRequest, context: Ctx
+                          ) -> api_pb2.ListSignalsResponse:
+        task_id = parse_id(request.task_id, "task_id")
+        rows = await db_misc.signal_list(self.pool, task_id)
+        return api_pb2.ListSignalsResponse(signals=[common_pb2.TaskSignal(
+            id=r["id"], task_id=r["task_id"], name=r["name"], payload=r["payload"] or "",
+            status=r["status"], created_at_ms=ms(r["created_at"]),
+            delivered_at_ms=ms(r["delivered_at"]), acknowledged_at_ms=ms(r["acknowledged_at"]))
+            for r in rows])
+
+    # Live streams come with the event bus and the log ingester (issue 5); until then the
+    # calls say so rather than hang.
+    async def SubscribeEvents(self, request: events_pb2.SubscribeEventsRequest, context: Ctx
+                              ) -> AsyncIterator[events_pb2.TaskEvent]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "SubscribeEvents is not available in this version")
+        yield events_pb2.TaskEvent()  # type: ignore[unreachable]  # abort raises
+
+    async def SubscribeLogs(self, request: events_pb2.SubscribeLogsRequest, context: Ctx
+                            ) -> AsyncIterator[common_pb2.LogEntry]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "SubscribeLogs is not available in this version")
+        yield common_pb2.LogEntry()  # type: ignore[unreachable]  # abort raises

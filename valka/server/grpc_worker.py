@@ -57,7 +57,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             check_json(hello.labels, "hello.labels", limits.max_metadata_bytes,
                        object_only=True)
 
-    async def Session(self, request_iterator: Any, context: Ctx) -> None:
+    async def Session(self, request_iterator: Any, context: Ctx  # type: ignore[override]
+                      ) -> None:
+        # Written with context.read()/write() rather than as a generator, so that reading
+        # and writing run side by side.
         first = await context.read()
         if first is grpc.aio.EOF:
             return

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import sys
 
+import uvloop
+
 from valka.core.config import load_config
 from valka.core.errors import ValkaError
 from valka.server.app import run_server
@@ -37,12 +39,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio works too
-        runner = asyncio.run
-    try:
-        runner(run_server(cfg, migrate_only=args.migrate_only))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_server(cfg, migrate_only=args.migrate_only))
     except ValkaError as exc:
         print(f"valka-server: {exc.message}", file=sys.stderr)
         return 1

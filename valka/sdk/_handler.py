@@ -1,24 +1,34 @@
-"""Turning what a handler did (returned, raised) into a protocol Result."""
+"""Calling a task handler, and turning what it did (returned, raised) into a Result."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import traceback
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
 
+from valka.sdk.context import TaskContext
 from valka.sdk.errors import Fail, Retry
 from valka.v1 import worker_pb2
 
 __all__ = [
+    "Handler",
     "OutputError",
+    "call_async",
+    "call_sync",
     "describe",
     "encode_output",
     "exception_result",
     "failure",
     "format_traceback",
+    "is_async",
     "success",
 ]
+
+Handler = Callable[[TaskContext], Any]
 
 # Error texts are for people; past this they are cut (the log keeps the full traceback).
 MAX_ERROR_CHARS: Final = 4_000
@@ -96,3 +106,26 @@ def exception_result(
         return failure(task_id, attempt, str(exc), retryable=False)
     retryable = not (non_retryable and isinstance(exc, non_retryable))
     return failure(task_id, attempt, describe(exc), retryable=retryable)
+
+
+def is_async(fn: Handler) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - looking for an async __call__
+    return inspect.iscoroutinefunction(call)
+
+
+async def call_async(fn: Handler, ctx: TaskContext, max_output: int) -> str:
+    value = await fn(ctx)
+    return encode_output(value, max_output)
+
+
+def call_sync(
+    fn: Handler, ctx: TaskContext, max_output: int, loop: asyncio.AbstractEventLoop
+) -> str:
+    value = fn(ctx)
+    if inspect.iscoroutine(value):
+        # A plain function that returned a coroutine (a wrapper around an async function):
+        # run it on the worker's loop and wait here, in the handler's thread.
+        value = asyncio.run_coroutine_threadsafe(value, loop).result()
+    return encode_output(value, max_output)

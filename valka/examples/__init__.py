@@ -1,0 +1,1 @@
+"""Runnable examples: `python -m valka.examples.worker` and `python -m valka.examples.producer`."""
