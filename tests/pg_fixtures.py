@@ -51,6 +51,7 @@ __all__ = [
     "ADMIN_URL_ENV",
     "db_pool",
     "db_url",
+    "drop_leftover_databases",
     "embedded_root",
     "empty_db_url",
     "new_embedded_data_dir",
@@ -115,14 +116,16 @@ def new_embedded_data_dir() -> Path:
 def remove_abandoned_data_dirs() -> list[Path]:
     """Stop servers and delete data folders that killed test runs left in `embedded_root`."""
     root = embedded_root()
-    stop_orphaned_servers(root)
+    # Only old orphans: a run going on at the same time may have just made one on purpose.
+    stop_orphaned_servers(root, older_than_s=600)
     removed: list[Path] = []
     for folder in root.iterdir():
         lock = folder / "postgres.lock"
         try:
             # A folder whose owner is starting right now may have a lock file not yet
-            # locked: only consider ones untouched for a minute.
-            if time.time() - lock.stat().st_mtime < 60:
+            # locked, and a test may be about to restart a folder on purpose: only
+            # consider folders untouched for ten minutes.
+            if time.time() - lock.stat().st_mtime < 600:
                 continue
             fd = os.open(lock, os.O_RDWR)
         except OSError:

@@ -225,3 +225,17 @@ async def test_bad_page_token_and_size(node: RunningNode) -> None:
             await node.api.ListTasks(api_pb2.ListTasksRequest(page=page))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert needle in (info.value.details() or "")
+
+
+async def test_workers_of_a_dead_node_are_not_listed_as_connected(node: RunningNode) -> None:
+    await node.sql(
+        "INSERT INTO workers (id, name, node_id, queues, concurrency, last_seen_at)"
+        " VALUES (gen_random_uuid(), 'ghost', 'gone-node', '{q}', 4,"
+        " now() - interval '1 hour')")
+    w = await node.worker(["q"])
+    live = await node.api.ListWorkers(api_pb2.ListWorkersRequest())
+    assert [x.id for x in live.workers] == [w.worker_id]
+    everyone = await node.api.ListWorkers(api_pb2.ListWorkersRequest(include_disconnected=True))
+    assert {(x.name, x.status) for x in everyone.workers} == {("raw", "CONNECTED"),
+                                                              ("ghost", "LOST")}
+    await w.close()

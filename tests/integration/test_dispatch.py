@@ -9,7 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.server_fixtures import RunningNode, wait_until
+from tests.server_fixtures import RunningNode, make_config, wait_until
+from valka.server.app import Node
 from valka.core.status import TaskStatus
 from valka.v1 import api_pb2, worker_pb2, worker_pb2_grpc
 
@@ -318,12 +319,21 @@ async def test_reconnect_adopts_running_tasks(node: RunningNode) -> None:
     await again.close()
 
 
-async def test_task_inserted_by_plain_sql_is_picked_up(node: RunningNode) -> None:
-    w = await node.worker(["sqlq"], concurrency=1)
-    await node.sql(
-        "INSERT INTO tasks (id, queue_name, task_name, partition_id, max_retries,"
-        " timeout_seconds) VALUES (gen_random_uuid(), 'sqlq', 't', 2, 0, 30)"
-    )
-    [a] = await w.assignments(1, timeout=5)
-    assert a.queue_name == "sqlq"
-    await w.close()
+async def test_task_inserted_by_plain_sql_is_picked_up(db_url: str) -> None:
+    # An idle poll far beyond the wait below: only the notification can wake the reader.
+    n = Node(make_config(db_url, **{"matching.idle_poll_interval_s": 60.0}))
+    await n.start()
+    node = RunningNode(n, db_url)
+    try:
+        w = await node.worker(["sqlq"], concurrency=1)
+        # Let the reader's first look (at worker registration) find nothing.
+        await wait_until(lambda: n.engine is not None and n.engine.demand("sqlq", 2) > 0)
+        await node.sql(
+            "INSERT INTO tasks (id, queue_name, task_name, partition_id, max_retries,"
+            " timeout_seconds) VALUES (gen_random_uuid(), 'sqlq', 't', 2, 0, 30)")
+        [a] = await w.assignments(1, timeout=5)
+        assert a.queue_name == "sqlq"
+        await w.close()
+    finally:
+        await node.channel.close()
+        await n.stop(drain_s=0.5)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
 
-from tests.pg_fixtures import drop_leftover_databases, unique_db_name, with_database
+from tests.pg_fixtures import (
+    drop_leftover_databases,
+    new_embedded_data_dir,
+    remove_abandoned_data_dirs,
+    unique_db_name,
+    with_database,
+)
 from valka.db.embedded import create_database, drop_database
 
 pytestmark = pytest.mark.integration
@@ -59,3 +68,20 @@ def test_leftovers_of_dead_runs_are_dropped_and_live_ones_kept(pg_admin_url: str
     finally:
         for name in (live, dead, foreign):
             drop_database(pg_admin_url, name)
+
+
+def test_abandoned_embedded_data_dirs_are_removed() -> None:
+    abandoned = new_embedded_data_dir()
+    recent = new_embedded_data_dir()
+    for folder in (abandoned, recent):
+        (folder / "postgres.lock").write_text("12345\n")
+    an_hour_ago = time.time() - 3600
+    os.utime(abandoned / "postgres.lock", (an_hour_ago, an_hour_ago))
+    try:
+        removed = remove_abandoned_data_dirs()
+
+        assert abandoned in removed
+        assert not abandoned.exists()
+        assert recent.exists(), "a folder touched lately may belong to a run starting now"
+    finally:
+        shutil.rmtree(recent, ignore_errors=True)

@@ -144,8 +144,8 @@ class EmbeddedPostgres:
                 except BaseException:
                     self._stop_locked()
                     raise
-            except OSError as exc:
-                # Typically a folder made by another user (e.g. by a run as root).
+            except (OSError, psycopg.Error) as exc:
+                # OSError: typically a folder made by another user (e.g. by a run as root).
                 raise DatabaseError(
                     f"cannot start the embedded PostgreSQL in {self.data_dir}: {exc}"
                 ) from exc
@@ -196,7 +196,12 @@ class EmbeddedPostgres:
         with contextlib.suppress(FileNotFoundError):
             owner = self.pgdata.stat().st_uid
             if owner != 0:
-                return pwd.getpwuid(owner)
+                try:
+                    return pwd.getpwuid(owner)
+                except KeyError:
+                    raise DatabaseError(
+                        f"{self.pgdata} belongs to uid {owner}, which has no user account"
+                    ) from None
         return _ensure_system_user(self._system_user)
 
     def _initdb(self, bin_dir: Path, run_as: pwd.struct_passwd | None) -> None:
@@ -521,17 +526,19 @@ def _take_ownership(lock_path: Path) -> int:
     return fd
 
 
-def stop_orphaned_servers(root: Path) -> list[int]:
+def stop_orphaned_servers(root: Path, *, older_than_s: float = 0.0) -> list[int]:
     """Stop embedded servers under `root` whose owner is gone; return their pids.
 
     For folders nobody restarts, such as the temporary clusters of a killed test run: a
     server counts as orphaned when the lock of its data folder is free (or the folder has
-    been deleted under it). Servers with a live owner are left alone.
+    been deleted under it). Servers with a live owner are left alone, and so are servers
+    started less than `older_than_s` ago (another process may be about to adopt them).
     """
     stopped: list[int] = []
-    for proc in psutil.process_iter(["name", "ppid"]):
+    newest = time.time() - older_than_s
+    for proc in psutil.process_iter(["name", "ppid", "create_time"]):
         try:
-            if proc.info["name"] != "postgres":
+            if proc.info["name"] != "postgres" or proc.info["create_time"] > newest:
                 continue
             parent = psutil.Process(proc.info["ppid"])
             if parent.name() == "postgres":
@@ -612,7 +619,12 @@ def _shutdown(pid: int, timeout_s: float, *, child: subprocess.Popen[bytes] | No
         (signal.SIGKILL, 5.0),
     ):
         try:
-            os.kill(pid, sig)
+            if child is not None:
+                # Does nothing once the child has exited and been reaped, when its pid
+                # may already belong to another process.
+                child.send_signal(sig)
+            else:
+                os.kill(pid, sig)
         except ProcessLookupError:
             break
         if sig == signal.SIGKILL:

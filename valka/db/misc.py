@@ -12,7 +12,7 @@ from valka.db.sqlfile import load_queries
 
 __all__ = ["dead_letter_list", "signal_acknowledge", "signal_insert", "signal_list",
            "signal_mark_delivered", "task_run_list", "worker_connect", "worker_disconnect",
-           "worker_disconnect_node", "worker_list"]
+           "worker_disconnect_node", "worker_list", "worker_touch"]
 
 _W: Final = load_queries("valka.db", "sql/workers.sql")
 _R: Final = load_queries("valka.db", "sql/task_runs.sql")
@@ -47,9 +47,15 @@ async def _fetch(pool: Pool, sql: Any, params: dict[str, Any]) -> list[Row]:
         return await cur.fetchall()
 
 
-async def worker_list(pool: Pool, *, include_disconnected: bool, limit: int) -> list[Row]:
-    return await _fetch(pool, _W["worker_list"],
-                        {"include_disconnected": include_disconnected, "limit": limit})
+async def worker_touch(pool: Pool, id: str) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(_W["worker_touch"], {"id": id})
+
+
+async def worker_list(pool: Pool, *, include_disconnected: bool, limit: int, stale_s: float
+                      ) -> list[Row]:
+    return await _fetch(pool, _W["worker_list"], {
+        "include_disconnected": include_disconnected, "limit": limit, "stale_s": stale_s})
 
 
 async def task_run_list(pool: Pool, task_id: str) -> list[Row]:

@@ -416,6 +416,7 @@ class Engine:
                                                 worker_id=session.worker_id,
                                                 lease_s=self.cfg.worker.lease_seconds)
             kept = {str(r["id"]) for r in rows}
+        await db_misc.worker_touch(self.pool, session.worker_id)
         lost = [t for t in hb.tasks
                 if t.task_id not in kept and t.task_id not in session.assigned]
         session.heartbeat_ack(worker_pb2.HeartbeatAck(server_timestamp_ms=_now_ms(), lost=lost))

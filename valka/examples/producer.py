@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValkaError as exc:
         print(f"producer: error: {type(exc).__name__}: {exc.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("producer: interrupted", file=sys.stderr)
+        return 130
     return report(len(files), tasks, seconds, unfinished)
 
 

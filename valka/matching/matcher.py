@@ -314,7 +314,8 @@ class Matcher:
             if before == 0:
                 q.waiting += 1
         matches: list[tuple[int, int]] = []
-        self._drain(w, matches)
+        if self._tasks:
+            self._drain(w, matches)
         # A worker that had credit left has every slot queued already (see _Slot.queued).
         if before == 0 and w.credits > 0:
             _enroll(w)
@@ -326,6 +327,7 @@ class Matcher:
         if w is None:
             return
         w.alive = False
+        # Zero credits also keeps it out of every rotation scan (see _take_slot).
         for m in w.members:
             q = m.queue
             q.members -= 1
@@ -355,7 +357,8 @@ class Matcher:
         backlog that the new task would overtake (buffered tasks of the same or a higher
         priority, or PENDING rows the reader flagged).
         """
-        self._check_partition(partition)
+        if partition < 0 or partition >= self._num_partitions:
+            self._check_partition(partition)
         q = self._queues.get(queue)
         if q is None:
             return NO_WORKER
@@ -376,7 +379,8 @@ class Matcher:
 
     def offer(self, queue: str, partition: int, task: int, priority: int) -> tuple[Offer, int]:
         """A task claimed from the database: match it, buffer it, or reject it."""
-        self._check_partition(partition)
+        if partition < 0 or partition >= self._num_partitions:
+            self._check_partition(partition)
         # (The emptiness test first spares boxing the key when nothing is buffered.)
         if self._tasks and task in self._tasks:
             raise ValueError(f"task {task} is already buffered")
@@ -541,26 +545,28 @@ class Matcher:
             r = q.rotations[p]
             items = r.items
             n = len(items)
-            while r.head < n:
-                s = items[r.head]
-                r.head += 1
+            head = r.head
+            while head < n:
+                s = items[head]
+                head += 1
                 w = s.worker
-                if not w.alive:
-                    r.dead -= 1
-                    continue
                 if w.credits > 0:
                     if w.credits > 1:
                         items.append(s)  # back of the line: round-robin by worker
                     else:
                         s.queued = False
-                    if r.head >= _COMPACT_AT and r.head * 2 >= len(items):
-                        del items[: r.head]
-                        r.head = 0
+                    if head >= _COMPACT_AT and head * 2 >= n:
+                        del items[:head]
+                        head = 0
+                    r.head = head
                     _spend(w)
                     if p != partition:
                         self._forwarded += 1
                     return w
-                s.queued = False  # out of credit: rejoins when credit returns
+                # Out of credit (a removed worker has none): rejoins when credit returns.
+                s.queued = False
+                if not w.alive:
+                    r.dead -= 1
             items.clear()
             r.head = 0
             p = parents[p]

@@ -160,7 +160,8 @@ class ApiServicer(api_pb2_grpc.ApiServiceServicer):
                           ) -> api_pb2.ListWorkersResponse:
         rows = await db_misc.worker_list(self.pool,
                                          include_disconnected=request.include_disconnected,
-                                         limit=self.cfg.limits.max_page_size)
+                                         limit=self.cfg.limits.max_page_size,
+                                         stale_s=3 * self.cfg.worker.lease_seconds)
         active = {s.worker_id: s.held for s in self.engine.sessions.values()}
         return api_pb2.ListWorkersResponse(
             workers=[worker_to_proto(r, active.get(r["id"], 0)) for r in rows])

@@ -88,19 +88,23 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             max_message_bytes=self.cfg.limits.max_grpc_message_bytes,
             max_output_bytes=self.cfg.limits.max_output_bytes)))
         writer = asyncio.create_task(self._write_loop(session, context))
+        inbox = _Inbox(self.engine, session)
         try:
-            await self._read_loop(session, context)
+            await self._read_loop(session, context, inbox)
         finally:
-            # grpc cancels this handler when the stream breaks; the clean-up (unacked work
-            # back to PENDING) runs in its own task so a second cancel cannot cut it short.
-            cleanup = asyncio.create_task(self._close(session, writer))
+            # grpc cancels this handler when the stream breaks; the clean-up (frames already
+            # read are still processed, then unacked work goes back to PENDING) runs in its
+            # own task so a second cancel cannot cut it short.
+            cleanup = asyncio.create_task(self._close(session, writer, inbox))
             self._cleanups.add(cleanup)
             cleanup.add_done_callback(self._cleanups.discard)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(cleanup)
 
-    async def _close(self, session: WorkerSession, writer: asyncio.Task[None]) -> None:
+    async def _close(self, session: WorkerSession, writer: asyncio.Task[None],
+                     inbox: _Inbox) -> None:
         try:
+            await inbox.finish()
             await self.engine.close_session(session)
         except Exception:
             log.exception("closing the session of worker %s failed", session.worker_id)
@@ -115,8 +119,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
 
-    async def _read_loop(self, session: WorkerSession, context: Ctx) -> None:
-        while True:
+    async def _read_loop(self, session: WorkerSession, context: Ctx,
+                         inbox: _Inbox) -> None:
+        while not inbox.failed:
             try:
                 frame = await context.read()
             except (grpc.aio.AioRpcError, asyncio.CancelledError, msgspec.DecodeError):
@@ -128,7 +133,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 message = "hello may only be sent once, on the first frame"
                 session.send_frame(worker_pb2.ServerFrame(error=message))
                 return
-            await self.engine.handle_frame(session, frame)
+            inbox.put(frame)
 
     async def _write_loop(self, session: WorkerSession, context: Ctx) -> None:
         try:
@@ -137,3 +142,69 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     await context.write(frame)
         except (grpc.aio.AioRpcError, RuntimeError) as exc:
             log.debug("writer for %s ended: %s", session.worker_id, exc)
+
+
+class _Inbox:
+    """Frames read but not yet processed, handled in order by one task per session.
+
+    Reading never waits for the database: while one batch is being written, the frames that
+    arrive meanwhile pile up here and go into the next batch as one merged frame, so a
+    worker whose handlers finish one by one still costs one statement per batch, not per
+    task. Merging keeps every ack ahead of every result, which is the only order that
+    matters (a worker acknowledges a task before reporting it).
+    """
+
+    def __init__(self, engine: Engine, session: WorkerSession) -> None:
+        self._engine = engine
+        self._session = session
+        self._frames: list[worker_pb2.WorkerFrame] = []
+        self._ready = asyncio.Event()
+        self._closing = False
+        self.failed = False
+        self._task = asyncio.create_task(self._run())
+
+    def put(self, frame: worker_pb2.WorkerFrame) -> None:
+        self._frames.append(frame)
+        self._ready.set()
+
+    async def finish(self) -> None:
+        self._closing = True
+        self._ready.set()
+        await self._task
+
+    async def _run(self) -> None:
+        while True:
+            while not self._frames:
+                if self._closing:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+            frames, self._frames = self._frames, []
+            try:
+                await self._engine.handle_frame(self._session, merge_frames(frames))
+            except Exception:
+                # The stream cannot go on with lost writes; the worker reconnects and
+                # resends what was not acknowledged.
+                log.exception("processing frames of worker %s failed", self._session.worker_id)
+                self.failed = True
+                self._session.send_frame(worker_pb2.ServerFrame(
+                    error="internal error while processing your frames; reconnect"))
+                return
+
+
+def merge_frames(frames: list[worker_pb2.WorkerFrame]) -> worker_pb2.WorkerFrame:
+    """One frame with the items of all; the latest heartbeat stands for the earlier ones."""
+    if len(frames) == 1:
+        return frames[0]
+    out = worker_pb2.WorkerFrame()
+    for f in frames:
+        out.acks.extend(f.acks)
+        out.results.extend(f.results)
+        out.logs.extend(f.logs)
+        out.signal_acks.extend(f.signal_acks)
+        if f.HasField("heartbeat"):
+            out.heartbeat.CopyFrom(f.heartbeat)
+        if f.HasField("drain"):
+            out.drain.CopyFrom(f.drain)
+        out.credits += f.credits
+    return out

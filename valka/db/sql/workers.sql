@@ -20,11 +20,20 @@ WHERE id = %(id)s AND node_id = %(node_id)s AND connected_at <= %(connected_at)s
 UPDATE workers SET status = 'DISCONNECTED', disconnected_at = now()
 WHERE node_id = %(node_id)s AND status <> 'DISCONNECTED';
 
+-- name: worker_touch
+-- A worker's heartbeat: it is still there.
+UPDATE workers SET last_seen_at = now() WHERE id = %(id)s AND status = 'CONNECTED';
+
 -- name: worker_list
--- Workers, connected first, newest first.
-SELECT id::text AS id, name, node_id, queues, concurrency, labels::text AS labels,
-       sdk_version, status, connected_at, last_seen_at
-FROM workers
-WHERE %(include_disconnected)s OR status <> 'DISCONNECTED'
+-- Workers, connected first, newest first. A CONNECTED row not seen for stale_s seconds
+-- belongs to a node that died without closing it: it is shown as LOST.
+SELECT * FROM (
+    SELECT id::text AS id, name, node_id, queues, concurrency, labels::text AS labels,
+           sdk_version, connected_at, last_seen_at,
+           CASE WHEN status = 'CONNECTED'
+                     AND last_seen_at < now() - %(stale_s)s * interval '1 second'
+                THEN 'LOST' ELSE status END AS status
+    FROM workers) w
+WHERE %(include_disconnected)s OR status = 'CONNECTED'
 ORDER BY status, connected_at DESC
 LIMIT %(limit)s;
