@@ -23,7 +23,7 @@ async def main(address: str, queue: str, want: int) -> None:
         held = 0
         while True:
             frame = await call.read()
-            if frame is grpc.aio.EOF:
+            if not isinstance(frame, worker_pb2.ServerFrame):
                 return
             held += len(frame.assignments)
             if frame.assignments and held >= want:

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from tests.server_fixtures import RunningNode, make_config, wait_until
-from valka.server.app import Node
 from valka.core.status import TaskStatus
+from valka.server.app import Node
 from valka.v1 import api_pb2, worker_pb2, worker_pb2_grpc
 
 
