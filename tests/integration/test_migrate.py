@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -212,6 +213,15 @@ def test_migrations_dir_prefers_package_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo_schema = Path(__file__).resolve().parents[2] / "schema"
+    if importlib.util.find_spec("valka.schema") is not None:
+        # The installed (compiled) run: the wheel's copies, identical to the repo's files.
+        found = Path(str(migrations_dir()))
+        assert found != repo_schema
+        shipped = sorted(p.name for p in found.glob("*.sql"))
+        assert shipped == sorted(p.name for p in repo_schema.glob("*.sql"))
+        for name in shipped:
+            assert (found / name).read_bytes() == (repo_schema / name).read_bytes()
+        return
     assert Path(str(migrations_dir())) == repo_schema, "a source tree uses <repo>/schema"
     # What an installed wheel looks like: the files shipped as valka/schema/.
     (tmp_path / "schema").mkdir()

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from valka.matching.matcher import ALL_PARTITIONS, NO_WORKER, Matcher, Offer
 
@@ -77,6 +77,8 @@ class MatcherMachine(RuleBasedStateMachine):
 
     def take_buffered(self, matches: list[tuple[int, int]]) -> None:
         """Check and record matches of buffered tasks, in the order they were made."""
+        if matches:
+            event("buffered tasks matched")
         for task, worker in matches:
             assert task in self.buffered, f"task {task} was not buffered"
             entry = self.buffered[task]
@@ -141,11 +143,14 @@ class MatcherMachine(RuleBasedStateMachine):
             b.queue == queue and b.priority >= priority for b in self.buffered.values()
         )
         if backlog:
+            event("reserve: refused")
             assert worker == NO_WORKER, "a new task overtook older pending ones"
             return
         if worker == NO_WORKER:
+            event("reserve: no slot")
             assert not self.free_workers_of(queue), "a free slot was not found"
             return
+        event("reserve: reserved")
         assert queue in self.workers[worker].queues
         self.deliver(self.next_reservation, worker)
         self.next_reservation -= 1
@@ -175,6 +180,7 @@ class MatcherMachine(RuleBasedStateMachine):
             in_partition = sum(
                 1 for b in self.buffered.values() if b.queue == queue and b.partition == partition
             )
+            event(f"offer: {result.name}")
             if result is Offer.MATCHED:
                 assert queue in self.workers[worker].queues
                 self.deliver(task, worker)
@@ -213,7 +219,6 @@ class MatcherMachine(RuleBasedStateMachine):
             else:
                 self.backlog[queue].discard(p)
 
-    @precondition(lambda self: bool(self.buffered))
     @rule(queue=st.sampled_from(QUEUES), partition=st.one_of(st.just(ALL_PARTITIONS), PARTITIONS))
     def release(self, queue: str, partition: int) -> None:
         keys = self.m.release(queue, partition)

@@ -212,7 +212,8 @@ class Matcher:
 
     Workers and tasks are int keys chosen by the caller (worker keys >= 0). Calls for workers
     that are unknown or already removed are no-ops, because the server may learn of a stream's
-    end before the last in-flight insert of that worker completes.
+    end before the last in-flight insert of that worker completes. Not thread-safe: one event
+    loop owns it, and no method blocks or awaits.
     """
 
     __slots__ = (
@@ -492,7 +493,8 @@ class Matcher:
         return list(self._queues)
 
     def stats(self) -> dict[str, int]:
-        """Counters for metrics; the matches are cumulative, the rest are current."""
+        """Counters for metrics: totals since start, except the current ``buffered``,
+        ``workers`` and ``queues``. ``forwarded`` counts slots found above the partition."""
         return {
             "sync_matches": self._sync_matches,
             "reserved": self._reserved,

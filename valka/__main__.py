@@ -1,0 +1,5 @@
+import sys
+
+from valka.cli.main import main
+
+sys.exit(main())
