@@ -215,12 +215,12 @@ def test_migrations_dir_prefers_package_data(
     repo_schema = Path(__file__).resolve().parents[2] / "schema"
     if importlib.util.find_spec("valka.schema") is not None:
         # The installed (compiled) run: the wheel's copies, identical to the repo's files.
-        found = Path(str(migrations_dir()))
-        assert found != repo_schema
-        shipped = sorted(p.name for p in found.glob("*.sql"))
+        wheel_schema = Path(str(migrations_dir()))
+        assert wheel_schema != repo_schema
+        shipped = sorted(p.name for p in wheel_schema.glob("*.sql"))
         assert shipped == sorted(p.name for p in repo_schema.glob("*.sql"))
         for name in shipped:
-            assert (found / name).read_bytes() == (repo_schema / name).read_bytes()
+            assert (wheel_schema / name).read_bytes() == (repo_schema / name).read_bytes()
         return
     assert Path(str(migrations_dir())) == repo_schema, "a source tree uses <repo>/schema"
     # What an installed wheel looks like: the files shipped as valka/schema/.
