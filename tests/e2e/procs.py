@@ -38,6 +38,8 @@ class Procs:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.address = ""
 
+    # Children run in the test's temporary folder: `python -m` puts the working directory
+    # first on sys.path, and from the repository root that would be the pure source tree.
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VALKA_")}
         # The children import the same valka build as this test run.
@@ -49,7 +51,7 @@ class Procs:
         with (self.tmp / log_name).open("wb") as log:
             proc = subprocess.Popen([sys.executable, *args], stdout=log,
                                     stderr=subprocess.STDOUT, env=self.env(**env),
-                                    start_new_session=True)
+                                    cwd=self.tmp, start_new_session=True)
         self.procs.append(proc)
         return proc
 

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e
 def valka(procs: Procs, *args: str, server: bool = True) -> subprocess.CompletedProcess[str]:
     prefix = ["--server", procs.address] if server else []
     return subprocess.run([sys.executable, "-m", "valka", *prefix, *args], env=procs.env(),
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=procs.tmp)
 
 
 def test_version_says_which_core(server_proc: Procs) -> None:
@@ -36,7 +37,8 @@ def test_migrate_only_applies_and_exits(server_proc: Procs, tmp_path: Path) -> N
         conn.execute("CREATE SCHEMA public")
     out = subprocess.run([sys.executable, "-m", "valka", "server", "--migrate-only",
                           "--database-url", server_proc.db_url], env=server_proc.env(),
-                         capture_output=True, text=True, timeout=60, check=False)
+                         capture_output=True, text=True, timeout=60, check=False,
+                         cwd=server_proc.tmp)
     assert out.returncode == 0, out.stderr
     with psycopg.connect(server_proc.db_url) as conn:
         names = [r[0] for r in conn.execute(
@@ -49,7 +51,8 @@ def test_edited_migration_refuses_to_start(server_proc: Procs) -> None:
         conn.execute("UPDATE valka_schema_migrations SET checksum = 'edited'")
     out = subprocess.run([sys.executable, "-m", "valka", "server", "--migrate-only",
                           "--database-url", server_proc.db_url], env=server_proc.env(),
-                         capture_output=True, text=True, timeout=60, check=False)
+                         capture_output=True, text=True, timeout=60, check=False,
+                         cwd=server_proc.tmp)
     assert out.returncode == 1
     assert "0001" in out.stderr and "edited" in out.stderr
 

@@ -6,6 +6,7 @@ import psycopg
 import pytest
 
 from tests.e2e.procs import Procs
+from valka._build import compiled
 from valka.core.status import TaskStatus
 from valka.sdk import ValkaClient
 from valka.sdk.models import TaskSpec
@@ -32,3 +33,5 @@ async def test_two_thousand_tasks_two_workers_each_exactly_once(server_proc: Pro
         runs, tasks, _, _, workers = await cur.fetchone()  # type: ignore[misc]
     assert runs == tasks == 2000  # one run each: nothing ran twice
     assert workers == 2  # both workers took part
+    # The server process ran the same build as this test run.
+    assert f"compiled core: {'yes' if compiled() else 'no'}" in server_proc.logs()

@@ -26,7 +26,8 @@ async def test_sigkilled_worker_tasks_reach_another_worker_within_a_second(
             [TaskSpec(queue="kill", name="noop", input=i) for i in range(5)])
         holder = subprocess.Popen(
             [sys.executable, str(HERE / "hold_worker.py"), server_proc.address, "kill", "5"],
-            stdout=subprocess.PIPE, env=server_proc.env(), start_new_session=True)
+            stdout=subprocess.PIPE, env=server_proc.env(), cwd=server_proc.tmp,
+            start_new_session=True)
         server_proc.procs.append(holder)
         assert holder.stdout is not None
         line = await asyncio.to_thread(holder.stdout.readline)

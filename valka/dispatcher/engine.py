@@ -62,8 +62,11 @@ class Engine:
         # Which session holds a task (assigned or running), for cancels and signals.
         self._holder: dict[str, int] = {}
         self._partition_rr: dict[str, int] = {}
+        self._claiming: dict[str, int] = {}
+        self._deferred: dict[str, set[int]] = {}
         # Set by the server: wakes the readers of a queue (creating them on first use).
         self.wake_queue: Any = lambda queue: None
+        self.wake_partition: Any = lambda queue, partition: None
         self.sync_matches = 0
         self.lost_races = 0
 
@@ -178,13 +181,28 @@ class Engine:
     # ---- the cold path ---------------------------------------------------------------
 
     def demand(self, queue: str, partition: int) -> int:
-        return self.matcher.demand(queue, partition)
+        # The matcher's demand is queue-wide; claims in flight by this queue's other
+        # readers already answer part of it. A reader held back only by those claims is
+        # woken when they end, in case they came back short.
+        want = self.matcher.demand(queue, partition)
+        claiming = self._claiming.get(queue, 0)
+        if want > 0 >= want - claiming:
+            self._deferred.setdefault(queue, set()).add(partition)
+        return want - claiming
 
     async def claim(self, queue: str, partition: int, limit: int) -> int:
         """Claim up to `limit` ready tasks of a partition and match them; returns the count."""
-        rows = await db_tasks.claim_pending(
-            self.pool, queue_name=queue, partition_id=partition, limit=limit,
-            node_id=self.node_id, dispatch_lease_s=self.cfg.worker.dispatch_timeout_seconds)
+        self._claiming[queue] = self._claiming.get(queue, 0) + limit
+        try:
+            rows = await db_tasks.claim_pending(
+                self.pool, queue_name=queue, partition_id=partition, limit=limit,
+                node_id=self.node_id,
+                dispatch_lease_s=self.cfg.worker.dispatch_timeout_seconds)
+        finally:
+            self._claiming[queue] -= limit
+            for p in self._deferred.pop(queue, ()):
+                if p != partition:
+                    self.wake_partition(queue, p)
         rejected: list[tuple[str, int]] = []
         for row in rows:
             task_id = str(row["id"])

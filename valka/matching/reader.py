@@ -84,6 +84,11 @@ class ReaderSet:
         for reader in readers:
             reader.wake.set()
 
+    def wake_partition(self, queue: str, partition: int) -> None:
+        readers = self._readers.get(queue)
+        if readers is not None and not self._closed:
+            readers[partition].wake.set()
+
     def wake_all(self) -> None:
         for queue in list(self._readers):
             self.wake(queue)

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from valka._build import compiled
 from valka.core.config import Config
 from valka.core.errors import ConfigError
 from valka.core.ids import new_id
@@ -73,6 +74,7 @@ class Node:
                                  cfg.matching.reader_batch_size,
                                  cfg.matching.idle_poll_interval_s)
         self.engine.wake_queue = self.readers.wake
+        self.engine.wake_partition = self.readers.wake_partition
         self.listener = ReadyListener(url, self.readers.wake, self.readers.wake_all)
         self.listener.start()
         self.maintenance = Maintenance(cfg, self.pool)
@@ -92,8 +94,9 @@ class Node:
         await self.grpc_server.start()
         await asyncio.wait_for(self.listener.connected.wait(), cfg.database.connect_timeout_s)
         host = cfg.grpc_addr.rsplit(":", 1)[0]
-        log.info("valka node %s ready: grpc=%s:%d database=%s", self.node_id, host,
-                 self.grpc_port, describe_conninfo(url))
+        log.info("valka node %s ready: grpc=%s:%d database=%s compiled core: %s",
+                 self.node_id, host, self.grpc_port, describe_conninfo(url),
+                 "yes" if compiled() else "no")
 
     def _grpc_server(self) -> grpc.aio.Server:
         limit = self.cfg.limits.max_grpc_message_bytes
