@@ -31,6 +31,7 @@ class ReadyListener:
         self._on_queue = on_queue
         self._on_reconnect = on_reconnect
         self.connected = asyncio.Event()
+        self.reconnects = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -46,6 +47,7 @@ class ReadyListener:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self.connected.set()
                     if not first:
+                        self.reconnects += 1
                         log.info("listener reconnected")
                         self._on_reconnect()
                     first, delay = False, 0.1
