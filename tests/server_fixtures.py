@@ -52,7 +52,7 @@ class RunningNode:
 
 
 @pytest.fixture
-async def node(db_url: str) -> AsyncIterator[RunningNode]:
+async def node(db_url: str, caplog: pytest.LogCaptureFixture) -> AsyncIterator[RunningNode]:
     n = Node(make_config(db_url))
     await n.start()
     running = RunningNode(n, db_url)
@@ -61,6 +61,9 @@ async def node(db_url: str) -> AsyncIterator[RunningNode]:
     finally:
         await running.channel.close()
         await n.stop(drain_s=0.5)
+    stuck = [r.getMessage() for r in caplog.records if "shutdown step" in r.getMessage()
+             or "tasks at the stuck step" in r.getMessage()]
+    assert not stuck, "\n".join(stuck)
 
 
 async def wait_until(check: Callable[[], Any], timeout: float = 10.0,

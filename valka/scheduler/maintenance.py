@@ -31,7 +31,8 @@ class Maintenance:
         self.promoted = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="maintenance")
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="maintenance")
 
     async def run_once(self) -> None:
         retry = self._cfg.retry
@@ -62,6 +63,7 @@ class Maintenance:
             await asyncio.sleep(self._cfg.scheduler.reaper_interval_s)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import signal
 import socket
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import grpc
 
@@ -22,12 +24,15 @@ from valka.db.pool import Pool, describe_conninfo, open_pool
 from valka.dispatcher.engine import Engine
 from valka.matching.listener import ReadyListener
 from valka.matching.reader import ReaderSet
+from valka.scheduler.leader import LeaderElection
 from valka.scheduler.maintenance import Maintenance
 from valka.server.grpc_api import ApiServicer
 from valka.server.grpc_worker import WorkerServicer
 from valka.v1 import api_pb2_grpc, worker_pb2_grpc
 
 __all__ = ["Node", "run_server"]
+
+_STOP_STEP_S: Final = 15.0
 
 log = logging.getLogger("valka.server")
 
@@ -45,6 +50,7 @@ class Node:
         self.readers: ReaderSet | None = None
         self.listener: ReadyListener | None = None
         self.maintenance: Maintenance | None = None
+        self.leader: LeaderElection | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.worker_servicer: WorkerServicer | None = None
         self.grpc_port = 0
@@ -78,7 +84,14 @@ class Node:
         self.listener = ReadyListener(url, self.readers.wake, self.readers.wake_all)
         self.listener.start()
         self.maintenance = Maintenance(cfg, self.pool)
-        self.maintenance.start()
+        maintenance = self.maintenance
+
+        async def elected() -> None:
+            maintenance.start()
+
+        self.leader = LeaderElection(url, self.node_id, on_elected=elected,
+                                     on_deposed=maintenance.close)
+        self.leader.start()
         for queue in await db_tasks.pending_queues(self.pool):
             self.readers.wake(queue)
         self.grpc_server = self._grpc_server()
@@ -111,28 +124,43 @@ class Node:
         return grpc.aio.server(options=options)
 
     async def stop(self, drain_s: float = 10.0) -> None:
-        """Drain workers (results still accepted), hand claimed work back, shut down."""
+        """Drain workers (results still accepted), hand claimed work back, shut down.
+
+        Every step is bounded: a stuck step is logged with the stacks of all tasks and the
+        shutdown goes on, because a server that cannot exit is worse than one that exits
+        leaving leases to expire.
+        """
         if self.worker_servicer is not None:
             self.worker_servicer.accepting = False
         if self.engine is not None:
             self.engine.announce_drain(int(drain_s * 1000))
             if not await self.engine.wait_idle(drain_s):
                 log.warning("drain timed out; running tasks keep their leases")
-        if self.readers is not None:
-            await self.readers.close()
-        if self.engine is not None:
-            await self.engine.release_claimed()
+        steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
+            ("readers", self.readers.close if self.readers else None),
+            ("claimed tasks", self.engine.release_claimed if self.engine else None),
+            ("grpc", self._stop_grpc if self.grpc_server else None),
+            ("sessions", self.worker_servicer.wait_closed if self.worker_servicer else None),
+            ("listener", self.listener.close if self.listener else None),
+            ("leader", self.leader.close if self.leader else None),
+            ("maintenance", self.maintenance.close if self.maintenance else None),
+            ("pool", self.pool.close if self.pool else None),
+        ]
+        for name, step in steps:
+            if step is None:
+                continue
+            try:
+                await asyncio.wait_for(step(), _STOP_STEP_S)
+            except TimeoutError:
+                log.error("shutdown step %r took over %ss; going on", name, _STOP_STEP_S)
+                _log_task_stacks()
+            except Exception:
+                log.exception("shutdown step %r failed; going on", name)
+        self.stop_database()
+
+    async def _stop_grpc(self) -> None:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
-        if self.worker_servicer is not None:
-            await self.worker_servicer.wait_closed()
-        if self.listener is not None:
-            await self.listener.close()
-        if self.maintenance is not None:
-            await self.maintenance.close()
-        if self.pool is not None:
-            await self.pool.close()
-        self.stop_database()
 
     def stop_database(self) -> None:
         if self.embedded is not None:
@@ -160,3 +188,10 @@ async def run_server(cfg: Config, *, migrate_only: bool = False) -> None:
     finally:
         await node.stop()
         log.info("stopped")
+
+
+def _log_task_stacks() -> None:
+    buffer = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=buffer)
+    log.error("tasks at the stuck step:\n%s", buffer.getvalue())
