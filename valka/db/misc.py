@@ -10,7 +10,9 @@ from psycopg.rows import dict_row
 from valka.db.pool import Pool
 from valka.db.sqlfile import load_queries
 
-__all__ = ["dead_letter_list", "signal_acknowledge", "signal_insert", "signal_list",
+__all__ = ["dead_letter_list", "dead_letter_purge", "dead_letter_task_ids", "queue_counts",
+           "queue_settings_all", "queue_settings_get", "queue_settings_upsert",
+           "signal_acknowledge", "signal_insert", "signal_list",
            "signal_mark_delivered", "task_run_list", "worker_connect", "worker_disconnect",
            "worker_disconnect_node", "worker_list", "worker_touch"]
 
@@ -90,3 +92,43 @@ async def signal_acknowledge(pool: Pool, ids: list[str], worker_id: str) -> None
 
 async def signal_list(pool: Pool, task_id: str) -> list[Row]:
     return await _fetch(pool, _S["signal_list"], {"task_id": task_id})
+
+
+_QS: Final = load_queries("valka.db", "sql/queue_settings.sql")
+
+
+async def queue_settings_all(pool: Pool) -> list[Row]:
+    return await _fetch(pool, _QS["queue_settings_all"], {})
+
+
+async def queue_settings_get(pool: Pool, queue_name: str) -> Row | None:
+    rows = await _fetch(pool, _QS["queue_settings_get"], {"queue_name": queue_name})
+    return rows[0] if rows else None
+
+
+async def queue_settings_upsert(pool: Pool, queue_name: str, *, paused: bool | None = None,
+                                max_concurrency: int | None = None,
+                                rate_per_second: float | None = None) -> Row:
+    rows = await _fetch(pool, _QS["queue_settings_upsert"], {
+        "queue_name": queue_name, "paused": paused, "max_concurrency": max_concurrency,
+        "rate_per_second": rate_per_second})
+    return rows[0]
+
+
+async def queue_counts(pool: Pool) -> list[Row]:
+    return await _fetch(pool, _QS["queue_counts"], {})
+
+
+async def dead_letter_task_ids(pool: Pool, *, ids: list[str], all: bool,
+                               queue_name: str | None) -> list[str]:
+    rows = await _fetch(pool, _D["dead_letter_task_ids"],
+                        {"ids": ids, "all": all, "queue_name": queue_name})
+    return [r["task_id"] for r in rows]
+
+
+async def dead_letter_purge(pool: Pool, *, ids: list[str], all: bool, queue_name: str | None,
+                            older_than: datetime | None) -> int:
+    async with pool.connection() as conn:
+        cur = await conn.execute(_D["dead_letter_purge"], {
+            "ids": ids, "all": all, "queue_name": queue_name, "older_than": older_than})
+        return cur.rowcount

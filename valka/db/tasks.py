@@ -40,6 +40,7 @@ __all__ = [
     "reap_expired_dispatching",
     "reap_expired_running",
     "release_dispatching_many",
+    "retry",
 ]
 
 Q: Final = load_queries("valka.db", "sql/tasks.sql")
@@ -203,3 +204,8 @@ async def reap_expired_running(pool: Pool, limit: int, *, backoff_base_s: float,
 
 async def promote_due(pool: Pool, limit: int) -> list[Row]:
     return await _rows(pool, "task_promote_due", {"limit": limit})
+
+
+async def retry(pool: Pool, task_ids: Sequence[str]) -> list[str]:
+    """FAILED or DEAD_LETTER -> PENDING; returns the ids that moved."""
+    return [r["id"] for r in await _rows(pool, "task_retry", {"ids": list(task_ids)})]

@@ -24,8 +24,9 @@ from valka.core.ids import new_id
 from valka.db import misc as db_misc
 from valka.db import tasks as db_tasks
 from valka.db.pool import Pool
+from valka.dispatcher.queue_controls import QueueControls
 from valka.dispatcher.session import WorkerSession
-from valka.matching.matcher import Matcher, Offer
+from valka.matching.matcher import ALL_PARTITIONS, Matcher, Offer
 from valka.v1 import worker_pb2
 
 __all__ = ["Engine"]
@@ -63,6 +64,10 @@ class Engine:
         self._holder: dict[str, int] = {}
         self._partition_rr: dict[str, int] = {}
         self._claiming: dict[str, int] = {}
+        self.controls = QueueControls()
+        # Queue of every task this node started and has not seen finish (for the limits).
+        self._queue_of: dict[str, str] = {}
+        self._rate_timers: dict[str, asyncio.TimerHandle] = {}
         self._deferred: dict[str, set[int]] = {}
         # Set by the server: wakes the readers of a queue (creating them on first use).
         self.wake_queue: Any = lambda queue: None
@@ -85,6 +90,8 @@ class Engine:
             d.partition_id = self._next_partition(d.queue_name)
             if d.scheduled_at is not None or d.delay_ms:
                 continue
+            if self.controls.allowance(d.queue_name) <= 0:
+                continue
             key = self.matcher.reserve(d.queue_name, d.partition_id, d.priority)
             session = self.sessions.get(key) if key >= 0 else None
             if session is None:
@@ -93,12 +100,14 @@ class Engine:
                 continue
             reserved[d.id] = key
             d.worker_id = session.worker_id
+            self._started(d.id, d.queue_name)
         try:
             inserted = await db_tasks.insert_many(
                 self.pool, drafts, node_id=self.node_id,
                 dispatch_lease_s=self.cfg.worker.dispatch_timeout_seconds)
         except BaseException:
-            for key in reserved.values():
+            for task_id, key in reserved.items():
+                self._finished(task_id)
                 self._give_back(key)
             raise
         by_id = {str(r["id"]): r for r in inserted}
@@ -111,6 +120,7 @@ class Engine:
             key = reserved.get(d.id, -1)
             if row is None:
                 if key >= 0:
+                    self._finished(d.id)
                     self._give_back(key)
                 assert d.idempotency_key is not None
                 duplicates.append((d.queue_name, d.idempotency_key))
@@ -124,6 +134,7 @@ class Engine:
             session = self.sessions.get(key)
             if session is None or session.closed or session.draining:
                 orphans.append((d.id, 1))
+                self._finished(d.id)
                 continue
             self.sync_matches += 1
             self._send(session, _assignment_from_draft(d, row))
@@ -135,6 +146,57 @@ class Engine:
             existing = await db_tasks.get_by_idempotency_keys(self.pool, duplicates)
             results.extend((r, False) for r in existing)
         return results
+
+    def _started(self, task_id: str, queue: str) -> None:
+        self._queue_of[task_id] = queue
+        self.controls.took(queue, 1)
+
+    def _finished(self, task_id: str) -> None:
+        queue = self._queue_of.pop(task_id, None)
+        if queue is not None:
+            self.controls.done(queue, 1)
+
+    def _wake_when_rate_allows(self, queue: str) -> None:
+        delay = self.controls.next_token_in(queue)
+        if delay is None or queue in self._rate_timers:
+            return
+
+        def fire() -> None:
+            del self._rate_timers[queue]
+            self.wake_queue(queue)
+        self._rate_timers[queue] = asyncio.get_running_loop().call_later(delay, fire)
+
+    async def load_queue_settings(self) -> None:
+        for row in await db_misc.queue_settings_all(self.pool):
+            self._apply_settings(row)
+
+    async def reload_queue(self, queue: str) -> None:
+        """A queue's controls changed (here or on another node): apply them."""
+        row = await db_misc.queue_settings_get(self.pool, queue)
+        if row is not None:
+            await self.apply_settings(row)
+
+    async def apply_settings(self, row: dict[str, Any]) -> None:
+        queue = row["queue_name"]
+        self._apply_settings(row)
+        if row["paused"]:
+            # Paused: nothing more is dispatched; what waits in memory goes back to PENDING.
+            refs: list[tuple[str, int]] = []
+            for key in self.matcher.release(queue, ALL_PARTITIONS):
+                claimed = self._claimed.pop(key, None)
+                if claimed is not None:
+                    self._claimed_by_id.pop(claimed.assignment.task_id, None)
+                    self._finished(claimed.assignment.task_id)
+                    refs.append((claimed.assignment.task_id, claimed.assignment.attempt))
+            if refs:
+                await db_tasks.release_dispatching_many(self.pool, refs)
+        else:
+            self.wake_queue(queue)
+
+    def _apply_settings(self, row: dict[str, Any]) -> None:
+        self.controls.apply(row["queue_name"], paused=row["paused"],
+                            max_concurrency=row["max_concurrency"],
+                            rate_per_second=row["rate_per_second"])
 
     def _give_back(self, key: int) -> None:
         self._dispatch_matches(self.matcher.unreserve(key))
@@ -154,6 +216,7 @@ class Engine:
         if key is not None:
             self.matcher.remove_task(key)
             self._claimed.pop(key, None)
+            self._finished(task_id)
         holder = self.sessions.get(self._holder.get(task_id, -1))
         if holder is not None and row["previous_status"] in ("DISPATCHING", "RUNNING"):
             holder.cancel(task_id, row["attempt"], reason or "cancelled")
@@ -184,7 +247,11 @@ class Engine:
         # The matcher's demand is queue-wide; claims in flight by this queue's other
         # readers already answer part of it. A reader held back only by those claims is
         # woken when they end, in case they came back short.
-        want = self.matcher.demand(queue, partition)
+        allowed = self.controls.allowance(queue)
+        if allowed <= 0:
+            self._wake_when_rate_allows(queue)
+            return 0
+        want = min(self.matcher.demand(queue, partition), allowed)
         claiming = self._claiming.get(queue, 0)
         if want > 0 >= want - claiming:
             self._deferred.setdefault(queue, set()).add(partition)
@@ -214,6 +281,7 @@ class Engine:
                 max_retries=row["max_retries"],
                 created_at_ms=int(row["created_at"].timestamp() * 1000))
             key = next(self._task_keys)
+            self._started(task_id, queue)
             result, worker = self.matcher.offer(queue, partition, key, row["priority"])
             if result == Offer.MATCHED:
                 self._deliver(assignment, worker, queue, partition)
@@ -222,6 +290,7 @@ class Engine:
                 self._claimed_by_id[task_id] = key
             else:
                 rejected.append((task_id, row["attempt"]))
+                self._finished(task_id)
         self.matcher.set_backlog(queue, partition, len(rows) >= limit)
         if rejected:
             await db_tasks.release_dispatching_many(self.pool, rejected)
@@ -252,6 +321,8 @@ class Engine:
         refs = [(c.assignment.task_id, c.assignment.attempt) for c in self._claimed.values()]
         for key in list(self._claimed):
             self.matcher.remove_task(key)
+        for task_id, _ in refs:
+            self._finished(task_id)
         self._claimed.clear()
         self._claimed_by_id.clear()
         if refs:
@@ -304,6 +375,7 @@ class Engine:
         for task_id in list(session.assigned) + list(session.running):
             if self._holder.get(task_id) == session.key:
                 del self._holder[task_id]
+                self._finished(task_id)
         session.assigned.clear()
         try:
             if refs:
@@ -363,6 +435,7 @@ class Engine:
                 # Cancelled or reaped meanwhile: the worker must not run it.
                 self.lost_races += 1
                 self._holder.pop(task_id, None)
+                self._finished(task_id)
                 session.cancel(task_id, attempt, "the task is no longer assigned to you")
                 freed += 1
         if freed:
@@ -414,6 +487,7 @@ class Engine:
                 continue
             if self._holder.get(r.task_id) == session.key:
                 del self._holder[r.task_id]
+            self._finished(r.task_id)
         session.ack_results(acks)
         if freed:
             self._return_credit(session, freed)

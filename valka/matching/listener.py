@@ -1,4 +1,5 @@
-"""LISTEN for ready work inserted anywhere (another node, plain SQL) and wake its readers.
+"""LISTEN for ready work inserted anywhere (another node, plain SQL) and wake its readers;
+also for other cluster-wide signals (a queue's controls changed).
 
 The notification carries the queue name only. The connection is dedicated (a pooled one
 would be handed to others) and reconnects by itself; after a reconnect every reader is
@@ -25,10 +26,15 @@ log = logging.getLogger("valka.listener")
 
 class ReadyListener:
     def __init__(
-        self, conninfo: str, on_queue: Callable[[str], None], on_reconnect: Callable[[], None]
+        self,
+        conninfo: str,
+        on_queue: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+        others: dict[str, Callable[[str], None]] | None = None,
     ) -> None:
         self._conninfo = conninfo
-        self._on_queue = on_queue
+        # Channel -> what to do with a notification's payload.
+        self._handlers = {CHANNEL: on_queue, **(others or {})}
         self._on_reconnect = on_reconnect
         self.connected = asyncio.Event()
         self.reconnects = 0
@@ -44,7 +50,8 @@ class ReadyListener:
             try:
                 conn = await connect_dedicated(self._conninfo, name="listener")
                 try:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    for channel in self._handlers:
+                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self.connected.set()
                     if not first:
                         self.reconnects += 1
@@ -52,7 +59,7 @@ class ReadyListener:
                         self._on_reconnect()
                     first, delay = False, 0.1
                     async for note in conn.notifies():
-                        self._on_queue(note.payload)
+                        self._handlers[note.channel](note.payload)
                 finally:
                     self.connected.clear()
                     await conn.close()

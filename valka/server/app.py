@@ -7,7 +7,7 @@ import io
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 import grpc
@@ -81,7 +81,23 @@ class Node:
                                  cfg.matching.idle_poll_interval_s)
         self.engine.wake_queue = self.readers.wake
         self.engine.wake_partition = self.readers.wake_partition
-        self.listener = ReadyListener(url, self.readers.wake, self.readers.wake_all)
+        engine = self.engine
+        await engine.load_queue_settings()
+        self._background: set[asyncio.Task[None]] = set()
+
+        def spawn(coro: Coroutine[Any, Any, None]) -> None:
+            task = asyncio.create_task(coro)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        def reconnected() -> None:
+            readers.wake_all()
+            spawn(engine.load_queue_settings())
+
+        readers = self.readers
+        self.listener = ReadyListener(
+            url, readers.wake, reconnected,
+            others={"valka_queue_settings": lambda q: spawn(engine.reload_queue(q))})
         self.listener.start()
         self.maintenance = Maintenance(cfg, self.pool)
         maintenance = self.maintenance

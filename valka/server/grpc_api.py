@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
 from valka.core.config import Config
-from valka.core.errors import InvalidArgument, NotFound, ResourceExhausted
+from valka.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from valka.core.ids import parse_id
 from valka.core.status import TaskStatus
 from valka.db import misc as db_misc
@@ -24,6 +26,7 @@ from valka.server.convert import (
     worker_to_proto,
 )
 from valka.server.grpc_errors import grpc_errors
+from valka.server.grpc_schedules import ScheduleRpcs
 from valka.server.validation import check_json, check_name, validate_create
 from valka.v1 import api_pb2, api_pb2_grpc, common_pb2, events_pb2
 
@@ -47,7 +50,7 @@ def _decode_token(token: str, field: str) -> str | None:
                               field=field) from None
 
 
-class ApiServicer(api_pb2_grpc.ApiServiceServicer):
+class ApiServicer(ScheduleRpcs, api_pb2_grpc.ApiServiceServicer):
     def __init__(self, cfg: Config, engine: Engine) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -212,3 +215,111 @@ class ApiServicer(api_pb2_grpc.ApiServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                             "SubscribeLogs is not available in this version")
         yield common_pb2.LogEntry()  # type: ignore[unreachable]  # abort raises
+
+    @grpc_errors
+    async def RetryTask(self, request: api_pb2.RetryTaskRequest, context: Ctx
+                        ) -> api_pb2.RetryTaskResponse:
+        task_id = parse_id(request.task_id, "task_id")
+        moved = await db_tasks.retry(self.pool, [task_id])
+        row = await db_tasks.get(self.pool, task_id)
+        if row is None:
+            raise NotFound(f"task_id: no task {task_id}", field="task_id")
+        if not moved:
+            raise FailedPrecondition(
+                f"task_id: task {task_id} is {row['status']}; only FAILED or DEAD_LETTER "
+                "tasks can be retried", field="task_id")
+        return api_pb2.RetryTaskResponse(task=task_to_proto(row))
+
+    def _dead_letter_filter(self, task_ids: Sequence[str], queue_name: str, all_: bool
+                            ) -> tuple[list[str], str | None]:
+        ids = [parse_id(t, f"task_ids[{i}]") for i, t in enumerate(task_ids)]
+        if len(ids) > self.cfg.limits.max_page_size:
+            raise ResourceExhausted(f"task_ids: {len(ids)} ids, the limit is "
+                                    f"{self.cfg.limits.max_page_size}", field="task_ids")
+        if not ids and not all_:
+            raise InvalidArgument("task_ids: give task ids, or set all (with an optional "
+                                  "queue_name filter)", field="task_ids")
+        queue = (check_name(queue_name, "queue_name", self.cfg.limits.max_name_length,
+                            queue=True) if queue_name else None)
+        return ids, queue
+
+    @grpc_errors
+    async def RequeueDeadLetters(self, request: api_pb2.RequeueDeadLettersRequest,
+                                 context: Ctx) -> api_pb2.RequeueDeadLettersResponse:
+        ids, queue = self._dead_letter_filter(request.task_ids, request.queue_name,
+                                              request.all)
+        picked = await db_misc.dead_letter_task_ids(self.pool, ids=ids, all=request.all,
+                                                    queue_name=queue)
+        moved: list[str] = []
+        for start in range(0, len(picked), 1000):
+            moved += await db_tasks.retry(self.pool, picked[start:start + 1000])
+        return api_pb2.RequeueDeadLettersResponse(task_ids=moved)
+
+    @grpc_errors
+    async def PurgeDeadLetters(self, request: api_pb2.PurgeDeadLettersRequest,
+                               context: Ctx) -> api_pb2.PurgeDeadLettersResponse:
+        ids, queue = self._dead_letter_filter(request.task_ids, request.queue_name,
+                                              request.all)
+        if request.older_than_ms < 0:
+            raise InvalidArgument("older_than_ms: must not be negative", field="older_than_ms")
+        older = (datetime.fromtimestamp(request.older_than_ms / 1000, UTC)
+                 if request.older_than_ms else None)
+        purged = await db_misc.dead_letter_purge(self.pool, ids=ids, all=request.all,
+                                                 queue_name=queue, older_than=older)
+        return api_pb2.PurgeDeadLettersResponse(purged=purged)
+
+    def _queue_info(self, name: str, counts: dict[str, int] | None = None
+                    ) -> api_pb2.QueueInfo:
+        paused, max_concurrency, rate = self.engine.controls.settings(name)
+        return api_pb2.QueueInfo(name=name, paused=paused, max_concurrency=max_concurrency,
+                                 rate_per_second=rate, counts=counts or {})
+
+    @grpc_errors
+    async def ListQueues(self, request: api_pb2.ListQueuesRequest, context: Ctx
+                         ) -> api_pb2.ListQueuesResponse:
+        counts: dict[str, dict[str, int]] = {}
+        for r in await db_misc.queue_counts(self.pool):
+            counts.setdefault(r["queue_name"], {})[r["status"]] = r["n"]
+        for r in await db_misc.queue_settings_all(self.pool):
+            counts.setdefault(r["queue_name"], {})
+        return api_pb2.ListQueuesResponse(
+            queues=[self._queue_info(q, counts[q]) for q in sorted(counts)])
+
+    async def _set_queue(self, queue_name: str, *, paused: bool | None = None,
+                         max_concurrency: int | None = None,
+                         rate_per_second: float | None = None) -> api_pb2.QueueInfo:
+        queue = check_name(queue_name, "queue_name", self.cfg.limits.max_name_length,
+                           queue=True)
+        row = await db_misc.queue_settings_upsert(
+            self.pool, queue, paused=paused, max_concurrency=max_concurrency,
+            rate_per_second=rate_per_second)
+        # This node applies it now; the others hear it through the notification.
+        await self.engine.apply_settings(row)
+        return self._queue_info(queue)
+
+    @grpc_errors
+    async def PauseQueue(self, request: api_pb2.QueueRequest, context: Ctx
+                         ) -> api_pb2.QueueInfo:
+        return await self._set_queue(request.queue_name, paused=True)
+
+    @grpc_errors
+    async def ResumeQueue(self, request: api_pb2.QueueRequest, context: Ctx
+                          ) -> api_pb2.QueueInfo:
+        return await self._set_queue(request.queue_name, paused=False)
+
+    @grpc_errors
+    async def SetQueueLimits(self, request: api_pb2.SetQueueLimitsRequest, context: Ctx
+                             ) -> api_pb2.QueueInfo:
+        concurrency = rate = None
+        if request.HasField("max_concurrency"):
+            concurrency = request.max_concurrency
+            if not 0 <= concurrency <= 1_000_000:
+                raise InvalidArgument(f"max_concurrency: {concurrency} is outside 0..1000000",
+                                      field="max_concurrency")
+        if request.HasField("rate_per_second"):
+            rate = request.rate_per_second
+            if not (math.isfinite(rate) and 0 <= rate <= 1_000_000):
+                raise InvalidArgument(f"rate_per_second: {rate} is outside 0..1000000",
+                                      field="rate_per_second")
+        return await self._set_queue(request.queue_name, max_concurrency=concurrency,
+                                     rate_per_second=rate)

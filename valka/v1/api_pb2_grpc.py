@@ -91,6 +91,66 @@ class ApiServiceStub:
                 request_serializer=valka_dot_v1_dot_api__pb2.ListDeadLettersRequest.SerializeToString,
                 response_deserializer=valka_dot_v1_dot_api__pb2.ListDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.RetryTask = channel.unary_unary(
+                '/valka.v1.ApiService/RetryTask',
+                request_serializer=valka_dot_v1_dot_api__pb2.RetryTaskRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.RetryTaskResponse.FromString,
+                _registered_method=True)
+        self.RequeueDeadLetters = channel.unary_unary(
+                '/valka.v1.ApiService/RequeueDeadLetters',
+                request_serializer=valka_dot_v1_dot_api__pb2.RequeueDeadLettersRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.RequeueDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.PurgeDeadLetters = channel.unary_unary(
+                '/valka.v1.ApiService/PurgeDeadLetters',
+                request_serializer=valka_dot_v1_dot_api__pb2.PurgeDeadLettersRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.PurgeDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ListQueues = channel.unary_unary(
+                '/valka.v1.ApiService/ListQueues',
+                request_serializer=valka_dot_v1_dot_api__pb2.ListQueuesRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.ListQueuesResponse.FromString,
+                _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/valka.v1.ApiService/PauseQueue',
+                request_serializer=valka_dot_v1_dot_api__pb2.QueueRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.QueueInfo.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/valka.v1.ApiService/ResumeQueue',
+                request_serializer=valka_dot_v1_dot_api__pb2.QueueRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.QueueInfo.FromString,
+                _registered_method=True)
+        self.SetQueueLimits = channel.unary_unary(
+                '/valka.v1.ApiService/SetQueueLimits',
+                request_serializer=valka_dot_v1_dot_api__pb2.SetQueueLimitsRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.QueueInfo.FromString,
+                _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/valka.v1.ApiService/CreateSchedule',
+                request_serializer=valka_dot_v1_dot_api__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/valka.v1.ApiService/ListSchedules',
+                request_serializer=valka_dot_v1_dot_api__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/valka.v1.ApiService/PauseSchedule',
+                request_serializer=valka_dot_v1_dot_api__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/valka.v1.ApiService/ResumeSchedule',
+                request_serializer=valka_dot_v1_dot_api__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/valka.v1.ApiService/DeleteSchedule',
+                request_serializer=valka_dot_v1_dot_api__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=valka_dot_v1_dot_api__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
         self.SubscribeEvents = channel.unary_stream(
                 '/valka.v1.ApiService/SubscribeEvents',
                 request_serializer=valka_dot_v1_dot_events__pb2.SubscribeEventsRequest.SerializeToString,
@@ -175,6 +235,79 @@ class ApiServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryTask(self, request, context):
+        """FAILED or DEAD_LETTER -> PENDING with a fresh set of retries (an operator's decision).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequeueDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQueues(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseQueue(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQueueLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubscribeEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -244,6 +377,66 @@ def add_ApiServiceServicer_to_server(servicer, server):
                     servicer.ListDeadLetters,
                     request_deserializer=valka_dot_v1_dot_api__pb2.ListDeadLettersRequest.FromString,
                     response_serializer=valka_dot_v1_dot_api__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RetryTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTask,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.RetryTaskRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.RetryTaskResponse.SerializeToString,
+            ),
+            'RequeueDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequeueDeadLetters,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.RequeueDeadLettersRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.RequeueDeadLettersResponse.SerializeToString,
+            ),
+            'PurgeDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeDeadLetters,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.PurgeDeadLettersRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.PurgeDeadLettersResponse.SerializeToString,
+            ),
+            'ListQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueues,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.ListQueuesRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.QueueRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.QueueInfo.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.QueueRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.QueueInfo.SerializeToString,
+            ),
+            'SetQueueLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQueueLimits,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.SetQueueLimitsRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.QueueInfo.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.Schedule.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.ScheduleRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.Schedule.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.ScheduleRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.Schedule.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=valka_dot_v1_dot_api__pb2.ScheduleRequest.FromString,
+                    response_serializer=valka_dot_v1_dot_api__pb2.DeleteScheduleResponse.SerializeToString,
             ),
             'SubscribeEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeEvents,
@@ -553,6 +746,330 @@ class ApiService:
             '/valka.v1.ApiService/ListDeadLetters',
             valka_dot_v1_dot_api__pb2.ListDeadLettersRequest.SerializeToString,
             valka_dot_v1_dot_api__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/RetryTask',
+            valka_dot_v1_dot_api__pb2.RetryTaskRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.RetryTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequeueDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/RequeueDeadLetters',
+            valka_dot_v1_dot_api__pb2.RequeueDeadLettersRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.RequeueDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/PurgeDeadLetters',
+            valka_dot_v1_dot_api__pb2.PurgeDeadLettersRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.PurgeDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/ListQueues',
+            valka_dot_v1_dot_api__pb2.ListQueuesRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/PauseQueue',
+            valka_dot_v1_dot_api__pb2.QueueRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.QueueInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/ResumeQueue',
+            valka_dot_v1_dot_api__pb2.QueueRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.QueueInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQueueLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/SetQueueLimits',
+            valka_dot_v1_dot_api__pb2.SetQueueLimitsRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.QueueInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/CreateSchedule',
+            valka_dot_v1_dot_api__pb2.CreateScheduleRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/ListSchedules',
+            valka_dot_v1_dot_api__pb2.ListSchedulesRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/PauseSchedule',
+            valka_dot_v1_dot_api__pb2.ScheduleRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/ResumeSchedule',
+            valka_dot_v1_dot_api__pb2.ScheduleRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/valka.v1.ApiService/DeleteSchedule',
+            valka_dot_v1_dot_api__pb2.ScheduleRequest.SerializeToString,
+            valka_dot_v1_dot_api__pb2.DeleteScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

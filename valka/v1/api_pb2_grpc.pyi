@@ -48,6 +48,19 @@ class ApiServiceStub:
     ListSignals: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListSignalsRequest, _api_pb2.ListSignalsResponse]
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListWorkersRequest, _api_pb2.ListWorkersResponse]
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListDeadLettersRequest, _api_pb2.ListDeadLettersResponse]
+    RetryTask: _grpc.UnaryUnaryMultiCallable[_api_pb2.RetryTaskRequest, _api_pb2.RetryTaskResponse]
+    """FAILED or DEAD_LETTER -> PENDING with a fresh set of retries (an operator's decision)."""
+    RequeueDeadLetters: _grpc.UnaryUnaryMultiCallable[_api_pb2.RequeueDeadLettersRequest, _api_pb2.RequeueDeadLettersResponse]
+    PurgeDeadLetters: _grpc.UnaryUnaryMultiCallable[_api_pb2.PurgeDeadLettersRequest, _api_pb2.PurgeDeadLettersResponse]
+    ListQueues: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListQueuesRequest, _api_pb2.ListQueuesResponse]
+    PauseQueue: _grpc.UnaryUnaryMultiCallable[_api_pb2.QueueRequest, _api_pb2.QueueInfo]
+    ResumeQueue: _grpc.UnaryUnaryMultiCallable[_api_pb2.QueueRequest, _api_pb2.QueueInfo]
+    SetQueueLimits: _grpc.UnaryUnaryMultiCallable[_api_pb2.SetQueueLimitsRequest, _api_pb2.QueueInfo]
+    CreateSchedule: _grpc.UnaryUnaryMultiCallable[_api_pb2.CreateScheduleRequest, _api_pb2.Schedule]
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListSchedulesRequest, _api_pb2.ListSchedulesResponse]
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_api_pb2.ScheduleRequest, _api_pb2.Schedule]
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_api_pb2.ScheduleRequest, _api_pb2.Schedule]
+    DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_api_pb2.ScheduleRequest, _api_pb2.DeleteScheduleResponse]
     SubscribeEvents: _grpc.UnaryStreamMultiCallable[_events_pb2.SubscribeEventsRequest, _events_pb2.TaskEvent]
     SubscribeLogs: _grpc.UnaryStreamMultiCallable[_events_pb2.SubscribeLogsRequest, _common_pb2.LogEntry]
 
@@ -69,6 +82,19 @@ class ApiServiceAsyncStub(ApiServiceStub):
     ListSignals: _aio.UnaryUnaryMultiCallable[_api_pb2.ListSignalsRequest, _api_pb2.ListSignalsResponse]  # type: ignore[assignment]
     ListWorkers: _aio.UnaryUnaryMultiCallable[_api_pb2.ListWorkersRequest, _api_pb2.ListWorkersResponse]  # type: ignore[assignment]
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_api_pb2.ListDeadLettersRequest, _api_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    RetryTask: _aio.UnaryUnaryMultiCallable[_api_pb2.RetryTaskRequest, _api_pb2.RetryTaskResponse]  # type: ignore[assignment]
+    """FAILED or DEAD_LETTER -> PENDING with a fresh set of retries (an operator's decision)."""
+    RequeueDeadLetters: _aio.UnaryUnaryMultiCallable[_api_pb2.RequeueDeadLettersRequest, _api_pb2.RequeueDeadLettersResponse]  # type: ignore[assignment]
+    PurgeDeadLetters: _aio.UnaryUnaryMultiCallable[_api_pb2.PurgeDeadLettersRequest, _api_pb2.PurgeDeadLettersResponse]  # type: ignore[assignment]
+    ListQueues: _aio.UnaryUnaryMultiCallable[_api_pb2.ListQueuesRequest, _api_pb2.ListQueuesResponse]  # type: ignore[assignment]
+    PauseQueue: _aio.UnaryUnaryMultiCallable[_api_pb2.QueueRequest, _api_pb2.QueueInfo]  # type: ignore[assignment]
+    ResumeQueue: _aio.UnaryUnaryMultiCallable[_api_pb2.QueueRequest, _api_pb2.QueueInfo]  # type: ignore[assignment]
+    SetQueueLimits: _aio.UnaryUnaryMultiCallable[_api_pb2.SetQueueLimitsRequest, _api_pb2.QueueInfo]  # type: ignore[assignment]
+    CreateSchedule: _aio.UnaryUnaryMultiCallable[_api_pb2.CreateScheduleRequest, _api_pb2.Schedule]  # type: ignore[assignment]
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_api_pb2.ListSchedulesRequest, _api_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_api_pb2.ScheduleRequest, _api_pb2.Schedule]  # type: ignore[assignment]
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_api_pb2.ScheduleRequest, _api_pb2.Schedule]  # type: ignore[assignment]
+    DeleteSchedule: _aio.UnaryUnaryMultiCallable[_api_pb2.ScheduleRequest, _api_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
     SubscribeEvents: _aio.UnaryStreamMultiCallable[_events_pb2.SubscribeEventsRequest, _events_pb2.TaskEvent]  # type: ignore[assignment]
     SubscribeLogs: _aio.UnaryStreamMultiCallable[_events_pb2.SubscribeLogsRequest, _common_pb2.LogEntry]  # type: ignore[assignment]
 
@@ -153,6 +179,91 @@ class ApiServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_pb2.ListDeadLettersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.ListDeadLettersResponse, _abc.Awaitable[_api_pb2.ListDeadLettersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RetryTask(
+        self,
+        request: _api_pb2.RetryTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.RetryTaskResponse, _abc.Awaitable[_api_pb2.RetryTaskResponse]]:
+        """FAILED or DEAD_LETTER -> PENDING with a fresh set of retries (an operator's decision)."""
+
+    @_abc_1.abstractmethod
+    def RequeueDeadLetters(
+        self,
+        request: _api_pb2.RequeueDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.RequeueDeadLettersResponse, _abc.Awaitable[_api_pb2.RequeueDeadLettersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PurgeDeadLetters(
+        self,
+        request: _api_pb2.PurgeDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.PurgeDeadLettersResponse, _abc.Awaitable[_api_pb2.PurgeDeadLettersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListQueues(
+        self,
+        request: _api_pb2.ListQueuesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListQueuesResponse, _abc.Awaitable[_api_pb2.ListQueuesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseQueue(
+        self,
+        request: _api_pb2.QueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.QueueInfo, _abc.Awaitable[_api_pb2.QueueInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeQueue(
+        self,
+        request: _api_pb2.QueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.QueueInfo, _abc.Awaitable[_api_pb2.QueueInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def SetQueueLimits(
+        self,
+        request: _api_pb2.SetQueueLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.QueueInfo, _abc.Awaitable[_api_pb2.QueueInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateSchedule(
+        self,
+        request: _api_pb2.CreateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.Schedule, _abc.Awaitable[_api_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _api_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListSchedulesResponse, _abc.Awaitable[_api_pb2.ListSchedulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _api_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.Schedule, _abc.Awaitable[_api_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _api_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.Schedule, _abc.Awaitable[_api_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSchedule(
+        self,
+        request: _api_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.DeleteScheduleResponse, _abc.Awaitable[_api_pb2.DeleteScheduleResponse]]: ...
 
     @_abc_1.abstractmethod
     def SubscribeEvents(

@@ -241,3 +241,18 @@ WITH upd AS (
     RETURNING t.id, t.queue_name
 )
 SELECT u.id, u.queue_name, pg_notify('valka_ready', u.queue_name) FROM upd u;
+
+-- name: task_retry
+-- An operator's retry: FAILED or DEAD_LETTER -> PENDING with a fresh set of retries; the
+-- attempt (the fencing token) keeps counting. Its dead-letter copy goes.
+WITH upd AS (
+    UPDATE tasks t
+    SET status = 'PENDING', run_count = 0, error_message = NULL, output = NULL,
+        completed_at = NULL, started_at = NULL, scheduled_at = now(), worker_id = NULL,
+        node_id = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE t.id = ANY(%(ids)s::uuid[]) AND t.status IN ('FAILED', 'DEAD_LETTER')
+    RETURNING t.id, t.queue_name
+), gone AS (
+    DELETE FROM dead_letter_queue d USING upd WHERE d.task_id = upd.id
+)
+SELECT u.id::text AS id, pg_notify('valka_ready', u.queue_name) FROM upd u;
