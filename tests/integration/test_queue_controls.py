@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.server_fixtures import RunningNode, RawWorker, wait_until
+from tests.server_fixtures import RawWorker, RunningNode, wait_until
 from valka.core.status import TaskStatus
 from valka.v1 import api_pb2, worker_pb2
 
