@@ -91,3 +91,32 @@ def test_sigterm_stops_the_server_cleanly(server_proc: Procs) -> None:
     assert server_proc.stop(proc, signal.SIGTERM) == 0
     assert "stopped" in server_proc.logs()
     assert not os.path.exists(f"/proc/{proc.pid}")
+
+
+def test_queue_and_dead_letter_commands(server_proc: Procs) -> None:
+    server_proc.start_server()
+    created = json.loads(valka(server_proc, "--json", "task", "create", "--queue", "dq",
+                               "--name", "t", "--max-retries", "0").stdout)
+    with psycopg.connect(server_proc.db_url, autocommit=True) as conn:
+        # Dead-lettered by hand: the CLI is what is under test here.
+        conn.execute("UPDATE tasks SET status = 'DEAD_LETTER' WHERE id = %s",
+                     (created["id"],))
+        conn.execute("INSERT INTO dead_letter_queue (id, task_id, queue_name, task_name,"
+                     " error_message, run_count) VALUES (gen_random_uuid(), %s, 'dq', 't',"
+                     " 'boom', 1)", (created["id"],))
+    listed = valka(server_proc, "dlq", "list", "--queue", "dq")
+    assert listed.returncode == 0 and created["id"] in listed.stdout and "boom" in listed.stdout
+    assert valka(server_proc, "dlq", "requeue").returncode == 1
+    requeued = json.loads(valka(server_proc, "--json", "dlq", "requeue", "--all",
+                                "--queue", "dq").stdout)
+    assert requeued == {"requeued": [created["id"]]}
+    paused = valka(server_proc, "queue", "pause", "dq")
+    assert paused.returncode == 0 and "paused" in paused.stdout
+    queues = json.loads(valka(server_proc, "--json", "queue", "list").stdout)
+    [dq] = [q for q in queues if q["name"] == "dq"]
+    assert dq["paused"] and dq["counts"] == {"PENDING": 1}
+    limits = json.loads(valka(server_proc, "--json", "queue", "limits", "dq",
+                              "--max-concurrency", "3", "--rate", "2.5").stdout)
+    assert (limits["max_concurrency"], limits["rate_per_second"]) == (3, 2.5)
+    bad = valka(server_proc, "queue", "limits", "dq", "--max-concurrency", "-1")
+    assert bad.returncode == 1 and "max_concurrency" in bad.stderr

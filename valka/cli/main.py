@@ -119,6 +119,80 @@ def cmd_worker_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_task_retry(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        task = c.retry_task(args.task_id)
+    _emit(args, task, _task_detail)
+    return 0
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        page = c.list_dead_letters(args.queue, args.limit, args.page_token or "")
+    if args.json:
+        print(msgspec.json.encode(page).decode())
+        return 0
+    print(_rows(["TASK", "QUEUE", "NAME", "RUNS", "ERROR", "DIED"],
+                [[d.task_id, d.queue, d.name, d.run_count, (d.error or "")[:60],
+                  d.created_at.isoformat(timespec="seconds") if d.created_at else ""]
+                 for d in page.dead_letters]))
+    if page.next_page_token:
+        print(f"next page: --page-token {page.next_page_token}")
+    return 0
+
+
+def _dlq_target(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.task_ids and not args.all:
+        raise ValkaError("give task ids, or --all (with --queue to limit it to one queue)")
+    return {"queue": args.queue, "all": args.all}
+
+
+def cmd_dlq_requeue(args: argparse.Namespace) -> int:
+    target = _dlq_target(args)
+    with _client(args) as c:
+        ids = c.requeue_dead_letters(args.task_ids, **target)
+    _emit(args, {"requeued": ids}, lambda v: f"re-queued {len(v['requeued'])} task(s)")
+    return 0
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    target = _dlq_target(args)
+    with _client(args) as c:
+        n = c.purge_dead_letters(args.task_ids, **target)
+    _emit(args, {"purged": n}, lambda v: f"purged {v['purged']} dead letter(s)")
+    return 0
+
+
+def _queue_table(queues: Sequence[Any]) -> str:
+    names = [s.name for s in TaskStatus if s.value]
+    return _rows(["QUEUE", "STATE", "LIMIT", "RATE/S", *names],
+                 [[q.name, "paused" if q.paused else "active", q.max_concurrency or "-",
+                   f"{q.rate_per_second:g}" if q.rate_per_second else "-",
+                   *[q.counts.get(n, 0) for n in names]] for q in queues])
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        queues = c.list_queues()
+    _emit(args, queues, _queue_table)
+    return 0
+
+
+def cmd_queue_pause(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        q = c.resume_queue(args.queue) if args.resume else c.pause_queue(args.queue)
+    _emit(args, q, lambda v: _queue_table([v]))
+    return 0
+
+
+def cmd_queue_limits(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        q = c.set_queue_limits(args.queue, max_concurrency=args.max_concurrency,
+                               rate_per_second=args.rate)
+    _emit(args, q, lambda v: _queue_table([v]))
+    return 0
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from valka.server.main import serve_from_args
     return serve_from_args(args)
@@ -168,6 +242,39 @@ def build_parser() -> argparse.ArgumentParser:
     runs = task.add_parser("runs", help="the runs (attempts) of a task")
     runs.add_argument("task_id")
     runs.set_defaults(func=cmd_task_runs)
+
+    retry = task.add_parser("retry", help="run a FAILED or DEAD_LETTER task again")
+    retry.add_argument("task_id")
+    retry.set_defaults(func=cmd_task_retry)
+
+    dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="action",
+                                                                    required=True)
+    dl = dlq.add_parser("list", help="list dead letters, newest first")
+    dl.add_argument("--queue")
+    dl.add_argument("--limit", type=int, default=50)
+    dl.add_argument("--page-token")
+    dl.set_defaults(func=cmd_dlq_list)
+    for verb, func, text in (("requeue", cmd_dlq_requeue, "run dead letters again"),
+                             ("purge", cmd_dlq_purge, "delete dead letters")):
+        p = dlq.add_parser(verb, help=text)
+        p.add_argument("task_ids", nargs="*")
+        p.add_argument("--queue", help="with --all: only this queue")
+        p.add_argument("--all", action="store_true", help="every dead letter (of --queue)")
+        p.set_defaults(func=func)
+
+    queue = sub.add_parser("queue", help="queues").add_subparsers(dest="action",
+                                                                  required=True)
+    ql = queue.add_parser("list", help="queues with task counts per status")
+    ql.set_defaults(func=cmd_queue_list)
+    for verb, resume in (("pause", False), ("resume", True)):
+        p = queue.add_parser(verb, help=f"{verb} dispatching a queue's tasks")
+        p.add_argument("queue")
+        p.set_defaults(func=cmd_queue_pause, resume=resume)
+    lim = queue.add_parser("limits", help="set a queue's limits (0 removes one)")
+    lim.add_argument("queue")
+    lim.add_argument("--max-concurrency", type=int)
+    lim.add_argument("--rate", type=float, help="tasks per second")
+    lim.set_defaults(func=cmd_queue_limits)
 
     worker = sub.add_parser("worker", help="connected workers").add_subparsers(
         dest="action", required=True)

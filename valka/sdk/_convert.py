@@ -11,7 +11,15 @@ import msgspec
 
 from valka.core.errors import InvalidArgument
 from valka.core.status import TaskStatus, status_from_name
-from valka.sdk.models import TaskInfo, TaskRun, TaskSignal, TaskSpec, WorkerInfo
+from valka.sdk.models import (
+    DeadLetter,
+    QueueInfo,
+    TaskInfo,
+    TaskRun,
+    TaskSignal,
+    TaskSpec,
+    WorkerInfo,
+)
 from valka.v1 import api_pb2, common_pb2, worker_pb2
 
 __all__ = [
@@ -220,3 +228,15 @@ def spec_to_proto(spec: TaskSpec) -> api_pb2.CreateTaskRequest:
     if spec.delay is not None:
         request.delay_ms = delay_to_ms(spec.delay)
     return request
+
+
+def dead_letter_from_proto(d: common_pb2.DeadLetter) -> DeadLetter:
+    return DeadLetter(
+        id=d.id, task_id=d.task_id, queue=d.queue_name, name=d.task_name,
+        input=decode_json(d.input), metadata=_object(d.metadata), error=_opt(d.error_message),
+        run_count=d.run_count, created_at=ms_to_datetime(d.created_at_ms))
+
+
+def queue_from_proto(q: api_pb2.QueueInfo) -> QueueInfo:
+    return QueueInfo(name=q.name, paused=q.paused, max_concurrency=q.max_concurrency,
+                     rate_per_second=q.rate_per_second, counts=dict(q.counts))

@@ -23,7 +23,16 @@ from valka.sdk._channel import (
     resolve_server,
     resolve_token,
 )
-from valka.sdk.models import SignalSent, TaskInfo, TaskPage, TaskRun, TaskSpec, WorkerInfo
+from valka.sdk.models import (
+    DeadLetterPage,
+    QueueInfo,
+    SignalSent,
+    TaskInfo,
+    TaskPage,
+    TaskRun,
+    TaskSpec,
+    WorkerInfo,
+)
 from valka.v1 import api_pb2, api_pb2_grpc, common_pb2
 
 if TYPE_CHECKING:
@@ -225,6 +234,61 @@ class ValkaClient:
             api_pb2.ListWorkersRequest(include_disconnected=include_disconnected),
         )
         return [_convert.worker_from_proto(w) for w in response.workers]
+
+    async def retry_task(self, task_id: str) -> TaskInfo:
+        """Run a FAILED or DEAD_LETTER task again, with a fresh set of retries."""
+        response = await self._call(self._api().RetryTask,
+                                    api_pb2.RetryTaskRequest(task_id=task_id))
+        return _convert.task_from_proto(response.task)
+
+    async def list_dead_letters(self, queue: str | None = None, page_size: int = 100,
+                                page_token: str = "") -> DeadLetterPage:
+        request = api_pb2.ListDeadLettersRequest(
+            queue_name=queue or "",
+            page=common_pb2.PageRequest(page_size=page_size, page_token=page_token))
+        response = await self._call(self._api().ListDeadLetters, request)
+        return DeadLetterPage([_convert.dead_letter_from_proto(d)
+                               for d in response.dead_letters], response.next_page_token)
+
+    async def requeue_dead_letters(self, task_ids: Sequence[str] = (), *,
+                                   queue: str | None = None, all: bool = False) -> list[str]:
+        """Re-queue dead letters by task id, or all of them (of one queue, if given)."""
+        request = api_pb2.RequeueDeadLettersRequest(task_ids=list(task_ids),
+                                                    queue_name=queue or "", all=all)
+        return list((await self._call(self._api().RequeueDeadLetters, request)).task_ids)
+
+    async def purge_dead_letters(self, task_ids: Sequence[str] = (), *,
+                                 queue: str | None = None, all: bool = False,
+                                 older_than: datetime | None = None) -> int:
+        """Delete dead letters (their tasks stay DEAD_LETTER); returns how many."""
+        request = api_pb2.PurgeDeadLettersRequest(
+            task_ids=list(task_ids), queue_name=queue or "", all=all,
+            older_than_ms=(_convert.datetime_to_ms(older_than, "older_than")
+                           if older_than else 0))
+        return (await self._call(self._api().PurgeDeadLetters, request)).purged
+
+    async def list_queues(self) -> list[QueueInfo]:
+        response = await self._call(self._api().ListQueues, api_pb2.ListQueuesRequest())
+        return [_convert.queue_from_proto(q) for q in response.queues]
+
+    async def pause_queue(self, queue: str) -> QueueInfo:
+        return _convert.queue_from_proto(await self._call(
+            self._api().PauseQueue, api_pb2.QueueRequest(queue_name=queue)))
+
+    async def resume_queue(self, queue: str) -> QueueInfo:
+        return _convert.queue_from_proto(await self._call(
+            self._api().ResumeQueue, api_pb2.QueueRequest(queue_name=queue)))
+
+    async def set_queue_limits(self, queue: str, *, max_concurrency: int | None = None,
+                               rate_per_second: float | None = None) -> QueueInfo:
+        """Set a queue's limits; None leaves one as it is, 0 removes it."""
+        request = api_pb2.SetQueueLimitsRequest(queue_name=queue)
+        if max_concurrency is not None:
+            request.max_concurrency = max_concurrency
+        if rate_per_second is not None:
+            request.rate_per_second = rate_per_second
+        return _convert.queue_from_proto(await self._call(self._api().SetQueueLimits,
+                                                          request))
 
     async def wait_for_tasks(
         self,

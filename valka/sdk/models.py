@@ -13,7 +13,18 @@ import msgspec
 
 from valka.core.status import TERMINAL, TaskStatus
 
-__all__ = ["SignalSent", "TaskInfo", "TaskPage", "TaskRun", "TaskSignal", "TaskSpec", "WorkerInfo"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterPage",
+    "QueueInfo",
+    "SignalSent",
+    "TaskInfo",
+    "TaskPage",
+    "TaskRun",
+    "TaskSignal",
+    "TaskSpec",
+    "WorkerInfo",
+]
 
 
 class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,3 +118,29 @@ class TaskSignal(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     payload: Any
     sent_at: datetime | None
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    task_id: str
+    queue: str
+    name: str
+    input: Any
+    metadata: dict[str, Any]
+    error: str | None
+    run_count: int
+    created_at: datetime | None
+
+
+class DeadLetterPage(msgspec.Struct, frozen=True):
+    dead_letters: list[DeadLetter]
+    next_page_token: str
+
+
+class QueueInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    paused: bool
+    # 0 = no limit.
+    max_concurrency: int
+    rate_per_second: float
+    counts: dict[str, int]

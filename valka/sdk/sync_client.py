@@ -15,7 +15,16 @@ from typing import Any, Self, TypeVar
 
 from valka.core.status import TaskStatus
 from valka.sdk.client import DEFAULT_BATCH_SIZE, ValkaClient
-from valka.sdk.models import SignalSent, TaskInfo, TaskPage, TaskRun, TaskSpec, WorkerInfo
+from valka.sdk.models import (
+    DeadLetterPage,
+    QueueInfo,
+    SignalSent,
+    TaskInfo,
+    TaskPage,
+    TaskRun,
+    TaskSpec,
+    WorkerInfo,
+)
 
 __all__ = ["ValkaSyncClient"]
 
@@ -150,6 +159,36 @@ class ValkaSyncClient:
 
     def list_workers(self, *, include_disconnected: bool = False) -> list[WorkerInfo]:
         return self._run(self._client.list_workers(include_disconnected=include_disconnected))
+
+    def retry_task(self, task_id: str) -> TaskInfo:
+        return self._run(self._client.retry_task(task_id))
+
+    def list_dead_letters(self, queue: str | None = None, page_size: int = 100,
+                          page_token: str = "") -> DeadLetterPage:
+        return self._run(self._client.list_dead_letters(queue, page_size, page_token))
+
+    def requeue_dead_letters(self, task_ids: Sequence[str] = (), *, queue: str | None = None,
+                             all: bool = False) -> list[str]:
+        return self._run(self._client.requeue_dead_letters(task_ids, queue=queue, all=all))
+
+    def purge_dead_letters(self, task_ids: Sequence[str] = (), *, queue: str | None = None,
+                           all: bool = False, older_than: datetime | None = None) -> int:
+        return self._run(self._client.purge_dead_letters(task_ids, queue=queue, all=all,
+                                                         older_than=older_than))
+
+    def list_queues(self) -> list[QueueInfo]:
+        return self._run(self._client.list_queues())
+
+    def pause_queue(self, queue: str) -> QueueInfo:
+        return self._run(self._client.pause_queue(queue))
+
+    def resume_queue(self, queue: str) -> QueueInfo:
+        return self._run(self._client.resume_queue(queue))
+
+    def set_queue_limits(self, queue: str, *, max_concurrency: int | None = None,
+                         rate_per_second: float | None = None) -> QueueInfo:
+        return self._run(self._client.set_queue_limits(
+            queue, max_concurrency=max_concurrency, rate_per_second=rate_per_second))
 
     def wait_for_tasks(
         self,
