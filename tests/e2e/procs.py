@@ -55,10 +55,11 @@ class Procs:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, **env: str) -> subprocess.Popen[bytes]:
-        port = free_port()
+    def start_server(self, *, port: int | None = None, **env: str) -> subprocess.Popen[bytes]:
+        """Start a server; `port` reuses an address (a restart the workers reconnect to)."""
+        port = port or free_port()
         self.address = f"127.0.0.1:{port}"
-        proc = self.spawn(["-m", "valka.server"], f"server-{port}.log",
+        proc = self.spawn(["-m", "valka.server"], f"server-{port}-{len(self.procs)}.log",
                           VALKA_DATABASE_URL=self.db_url, VALKA_GRPC_ADDR=self.address,
                           **env)
         self.wait_ready(proc)

@@ -19,7 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from valka.core.config import Config
-from valka.core.errors import FailedPrecondition, NotFound
+from valka.core.errors import FailedPrecondition, NotFound, Unavailable
 from valka.core.ids import new_id
 from valka.db import misc as db_misc
 from valka.db import tasks as db_tasks
@@ -73,6 +73,7 @@ class Engine:
         self.wake_queue: Any = lambda queue: None
         self.wake_partition: Any = lambda queue, partition: None
         self.sync_matches = 0
+        self.accepting_creates = True
         self.lost_races = 0
 
     # ---- producers -------------------------------------------------------------------
@@ -85,6 +86,9 @@ class Engine:
     async def create_tasks(self, drafts: Sequence[db_tasks.NewTask]
                            ) -> list[tuple[dict[str, Any], bool]]:
         """Store tasks (one statement); hand each to an idle worker when one is waiting."""
+        if not self.accepting_creates:
+            raise Unavailable("the server is shutting down; send the task to another node "
+                              "or retry shortly")
         reserved: dict[str, int] = {}
         for d in drafts:
             d.partition_id = self._next_partition(d.queue_name)
@@ -426,6 +430,13 @@ class Engine:
             self.pool, refs, worker_id=session.worker_id, node_id=self.node_id,
             lease_s=self.cfg.worker.lease_seconds)
         started = {str(r["id"]) for r in rows}
+        pending = [r for r in rows if r["signal_id"] is not None]
+        for r in pending:
+            session.signal(worker_pb2.Signal(
+                signal_id=r["signal_id"], task_id=str(r["id"]), name=r["signal_name"],
+                payload=r["signal_payload"] or "", timestamp_ms=_now_ms()))
+        if pending:
+            await db_misc.signal_mark_delivered(self.pool, [r["signal_id"] for r in pending])
         freed = 0
         for task_id, attempt, _ in refs:
             session.assigned.pop(task_id, None)
@@ -516,6 +527,7 @@ class Engine:
     # ---- shutdown --------------------------------------------------------------------
 
     def announce_drain(self, drain_ms: int) -> None:
+        self.accepting_creates = False
         for session in list(self.sessions.values()):
             self.drain_session(session)
             session.server_draining("server shutting down", drain_ms)

@@ -103,7 +103,10 @@ WITH upd AS (
     INSERT INTO task_runs (id, task_id, attempt, worker_id, node_id, last_heartbeat_at)
     SELECT run_id, id, attempt, worker_id, node_id, now() FROM upd
 )
-SELECT id, attempt FROM upd;
+-- Signals sent while the task waited are delivered with its start (one row per signal).
+SELECT upd.id, upd.attempt, s.id::text AS signal_id, s.name AS signal_name,
+       s.payload::text AS signal_payload
+FROM upd LEFT JOIN task_signals s ON s.task_id = upd.id AND s.status = 'PENDING';
 
 -- name: task_complete_many
 -- Successful results; only the worker holding the running attempt can complete it.
