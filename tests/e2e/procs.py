@@ -55,7 +55,7 @@ class Procs:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, *, port: int | None = None, **env: str) -> subprocess.Popen[bytes]:
+    def start_server(self, port: int | None = None, /, **env: str) -> subprocess.Popen[bytes]:
         """Start a server; `port` reuses an address (a restart the workers reconnect to)."""
         port = port or free_port()
         self.address = f"127.0.0.1:{port}"

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from valka.cli.schedules import add_schedule_commands
 from valka.cli.version import version_line
 from valka.core.errors import ValkaError
 from valka.core.status import TaskStatus
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-concurrency", type=int)
     lim.add_argument("--rate", type=float, help="tasks per second")
     lim.set_defaults(func=cmd_queue_limits)
+
+    add_schedule_commands(sub)
 
     worker = sub.add_parser("worker", help="connected workers").add_subparsers(
         dest="action", required=True)

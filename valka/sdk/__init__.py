@@ -22,6 +22,7 @@ from valka.sdk.models import (
     TaskSpec,
     WorkerInfo,
 )
+from valka.sdk.schedules import MissedPolicy, ScheduleInfo
 from valka.sdk.sync_client import ValkaSyncClient
 from valka.sdk.worker import Handler, ValkaWorker
 
@@ -29,7 +30,9 @@ __all__ = [
     "Backoff",
     "Fail",
     "Handler",
+    "MissedPolicy",
     "Retry",
+    "ScheduleInfo",
     "SignalSent",
     "TaskContext",
     "TaskInfo",

@@ -33,6 +33,7 @@ from valka.sdk.models import (
     TaskSpec,
     WorkerInfo,
 )
+from valka.sdk.schedules import ScheduleMethods
 from valka.v1 import api_pb2, api_pb2_grpc, common_pb2
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ DEFAULT_BATCH_SIZE: Final = 500
 UNAVAILABLE_PATIENCE: Final = 60.0
 
 
-class ValkaClient:
+class ValkaClient(ScheduleMethods):
     """Async client of a Valka server; use it as `async with ValkaClient() as client:`.
 
     `server` defaults to $VALKA_SERVER, then 127.0.0.1:50051; `token` to $VALKA_TOKEN.

@@ -25,13 +25,14 @@ from valka.sdk.models import (
     TaskSpec,
     WorkerInfo,
 )
+from valka.sdk.schedules import ScheduleSyncMethods
 
 __all__ = ["ValkaSyncClient"]
 
 _T = TypeVar("_T")
 
 
-class ValkaSyncClient:
+class ValkaSyncClient(ScheduleSyncMethods):
     """The blocking twin of `ValkaClient`: same methods, same arguments, same errors."""
 
     def __init__(

@@ -24,6 +24,7 @@ from valka.db.pool import Pool, describe_conninfo, open_pool
 from valka.dispatcher.engine import Engine
 from valka.matching.listener import ReadyListener
 from valka.matching.reader import ReaderSet
+from valka.scheduler.cron import ScheduleRunner
 from valka.scheduler.leader import LeaderElection
 from valka.scheduler.maintenance import Maintenance
 from valka.server.grpc_api import ApiServicer
@@ -51,6 +52,7 @@ class Node:
         self.listener: ReadyListener | None = None
         self.maintenance: Maintenance | None = None
         self.leader: LeaderElection | None = None
+        self.schedules: ScheduleRunner | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.worker_servicer: WorkerServicer | None = None
         self.grpc_port = 0
@@ -101,12 +103,18 @@ class Node:
         self.listener.start()
         self.maintenance = Maintenance(cfg, self.pool)
         maintenance = self.maintenance
+        schedules = self.schedules = ScheduleRunner(cfg, engine, url)
 
         async def elected() -> None:
             maintenance.start()
+            schedules.start()
+
+        async def deposed() -> None:
+            await maintenance.close()
+            await schedules.close()
 
         self.leader = LeaderElection(url, self.node_id, on_elected=elected,
-                                     on_deposed=maintenance.close)
+                                     on_deposed=deposed)
         self.leader.start()
         for queue in await db_tasks.pending_queues(self.pool):
             self.readers.wake(queue)
@@ -148,6 +156,12 @@ class Node:
         """
         if self.worker_servicer is not None:
             self.worker_servicer.accepting = False
+        if self.leader is not None:
+            # Leadership goes first, so another node runs the scheduler during our drain.
+            try:
+                await asyncio.wait_for(self.leader.close(), _STOP_STEP_S)
+            except TimeoutError:
+                log.error("giving up leadership took over %ss; going on", _STOP_STEP_S)
         if self.engine is not None:
             self.engine.announce_drain(int(drain_s * 1000))
             if not await self.engine.wait_idle(drain_s):
@@ -158,7 +172,6 @@ class Node:
             ("grpc", self._stop_grpc if self.grpc_server else None),
             ("sessions", self.worker_servicer.wait_closed if self.worker_servicer else None),
             ("listener", self.listener.close if self.listener else None),
-            ("leader", self.leader.close if self.leader else None),
             ("maintenance", self.maintenance.close if self.maintenance else None),
             ("pool", self.pool.close if self.pool else None),
         ]

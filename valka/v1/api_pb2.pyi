@@ -843,7 +843,9 @@ class CreateScheduleRequest(_message.Message):
     name: _builtins.str
     """Unique name; creating an existing name replaces its definition."""
     cron: _builtins.str
-    """Five-field cron expression, in UTC unless timezone is set."""
+    """Cron expression: five fields, or six with seconds first, or a macro such as @daily;
+    in UTC unless timezone is set.
+    """
     timezone: _builtins.str
     missed_policy: Global___MissedPolicy.ValueType
     paused: _builtins.bool

@@ -82,3 +82,7 @@ FROM unnest(%(ids)s::uuid[], %(expected)s::timestamptz[], %(next_fire_ats)s::tim
      AS a(id, expected, next_fire_at, last_fire_at, last_task_id)
 WHERE s.id = a.id AND s.next_fire_at = a.expected AND NOT s.paused
 RETURNING s.id;
+
+-- name: schedule_listen
+-- The leader's runner hears schedule changes made on any node.
+LISTEN valka_schedules;
