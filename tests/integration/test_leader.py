@@ -29,13 +29,13 @@ async def test_one_leader_and_takeover_when_its_session_breaks(db_url: str) -> N
                             "WHERE application_name = %s AND datname = current_database()",
                             (f"valka-leader:{first.node_id}",))
         await wait_until(lambda: first.leader is not None and not first.leader.is_leader,
-                         timeout=5)
-        new = await wait_until(lambda: leaders(nodes), timeout=5)
+                         timeout=15)
+        new = await wait_until(lambda: leaders(nodes), timeout=15)
         assert len(new) == 1
         # Stopping the leader hands over too.
         await new[0].stop(drain_s=0.1)
         nodes.remove(new[0])
-        assert len(await wait_until(lambda: leaders(nodes), timeout=5)) == 1
+        assert len(await wait_until(lambda: leaders(nodes), timeout=15)) == 1
     finally:
         for n in nodes:
             await n.stop(drain_s=0.1)
