@@ -337,3 +337,23 @@ async def test_task_inserted_by_plain_sql_is_picked_up(db_url: str) -> None:
     finally:
         await node.channel.close()
         await n.stop(drain_s=0.5)
+
+
+async def test_heartbeat_after_reconnect_adopts_the_running_task(node: RunningNode) -> None:
+    # A worker that reconnects without naming its tasks in hello still owns them.
+    task_id = await create(node)
+    w = await node.worker(["q"], concurrency=1)
+    [a] = await w.assignments(1)
+    await w.send(acks=[ack(a)])
+    await wait_until(async_eq(node, task_id, "RUNNING"))
+    await w.close()
+    again = await node.worker(["q"], concurrency=1, worker_id=w.worker_id)
+    await again.send(heartbeat=worker_pb2.Heartbeat(tasks=[
+        worker_pb2.TaskRef(task_id=task_id, attempt=a.attempt)]))
+    frame = await again.read_until(lambda f: f.HasField("heartbeat_ack"))
+    assert list(frame.heartbeat_ack.lost) == []
+    await again.send(results=[ok(a)])
+    [ra] = await again.result_acks(1)
+    assert ra.accepted
+    assert (await status_of(node, task_id))[0] == "COMPLETED"
+    await again.close()

@@ -511,14 +511,22 @@ class Engine:
             self.wake_queue(queue)
 
     async def _on_heartbeat(self, session: WorkerSession, hb: worker_pb2.Heartbeat) -> None:
-        running = [(t.task_id, t.attempt) for t in hb.tasks
-                   if session.running.get(t.task_id) == t.attempt]
+        # Every task the worker reports except those still awaiting their ack: the lease is
+        # extended where the database agrees this worker runs that attempt. One it runs that
+        # this session did not know of (an SDK that reconnected without naming it in its
+        # hello) is adopted rather than declared lost.
+        running = [(t.task_id, t.attempt) for t in hb.tasks if t.task_id not in session.assigned]
         kept: set[str] = set()
         if running:
             rows = await db_tasks.extend_leases(self.pool, running,
                                                 worker_id=session.worker_id,
                                                 lease_s=self.cfg.worker.lease_seconds)
             kept = {str(r["id"]) for r in rows}
+            for r in rows:
+                task_id = str(r["id"])
+                if task_id not in session.running:
+                    session.running[task_id] = r["attempt"]
+                    self._holder[task_id] = session.key
         await db_misc.worker_touch(self.pool, session.worker_id)
         lost = [t for t in hb.tasks
                 if t.task_id not in kept and t.task_id not in session.assigned]

@@ -463,6 +463,12 @@ class ValkaWorker:
                 concurrency=self.concurrency,
                 labels=self._labels_json,
                 sdk_version=SDK_VERSION,
+                # After a reconnect: what this process still holds from its earlier
+                # session, so the server keeps those leases and counts those slots.
+                in_flight=[
+                    worker_pb2.TaskRef(task_id=task_id, attempt=attempt)
+                    for task_id, attempt in {*self._running, *self._unconfirmed}
+                ],
             )
         )
 
