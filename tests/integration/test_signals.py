@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 import pytest
@@ -70,3 +72,35 @@ async def test_signal_bad_input_and_finished_task(node: RunningNode) -> None:
         assert info.value.code() == code
         assert needle in (info.value.details() or "")
     assert await node.sql("SELECT count(*) FROM task_signals") == [(0,)]
+
+
+def both_running(node: RunningNode) -> Callable[[], Coroutine[Any, Any, bool]]:
+    async def check() -> bool:
+        rows = await node.sql("SELECT count(*) FROM tasks WHERE status = 'RUNNING'")
+        return bool(rows[0][0] == 2)
+    return check
+
+
+async def test_handlers_wait_for_a_named_signal(node: RunningNode) -> None:
+    from tests.integration.test_failures import sdk_worker
+    from valka.sdk import TaskContext, ValkaClient
+
+    async def approval(ctx: TaskContext) -> Any:
+        signal = await ctx.wait_for_signal("approve", timeout=30)
+        return {"by": signal.payload["by"] if signal else None}
+
+    def blocking(ctx: TaskContext) -> Any:
+        signal = ctx.wait_signal("go", timeout=30)
+        return {"got": signal.name if signal else None}
+
+    async with (sdk_worker(node.address, "sig", {"approval": approval, "blocking": blocking}),
+                ValkaClient(node.address) as client):
+        a = await client.create_task("sig", "approval")
+        b = await client.create_task("sig", "blocking")
+        await wait_until(both_running(node))
+        await client.send_signal(a.id, "other", {"by": "nobody"})
+        await client.send_signal(a.id, "approve", {"by": "ann"})
+        await client.send_signal(b.id, "go")
+        done = {t.id: t for t in await client.wait_for_tasks([a.id, b.id], timeout=30)}
+    assert done[a.id].output == {"by": "ann"}
+    assert done[b.id].output == {"got": "go"}

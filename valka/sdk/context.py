@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -41,6 +42,8 @@ class TaskContext:
         "_cancelled",
         "_emit",
         "_lock",
+        "_signal_arrived",
+        "_signal_waiters",
         "_signals",
         "attempt",
         "created_at",
@@ -93,6 +96,9 @@ class TaskContext:
         self._cancel_reason: str | None = None
         self._lock = threading.Lock()
         self._signals: list[TaskSignal] = []
+        self._signal_arrived = threading.Condition(self._lock)
+        # Async handlers waiting for a signal by name: (name, future).
+        self._signal_waiters: list[tuple[str, asyncio.Future[TaskSignal]]] = []
 
     def __repr__(self) -> str:
         return f"TaskContext(task_id={self.task_id!r}, name={self.name!r}, attempt={self.attempt})"
@@ -142,9 +148,53 @@ class TaskContext:
             received, self._signals = self._signals, []
         return received
 
-    def _deliver_signal(self, signal: TaskSignal) -> None:
+    def wait_signal(self, name: str, timeout: float | None = None) -> TaskSignal | None:
+        """Block until a signal called `name` arrives and take it; None after `timeout`.
+
+        For plain-function handlers; async handlers use `await wait_for_signal(...)`.
+        """
+        with self._signal_arrived:
+            found: list[TaskSignal] = []
+            self._signal_arrived.wait_for(lambda: self._take(name, found), timeout)
+            return found[0] if found else None
+
+    async def wait_for_signal(self, name: str, timeout: float | None = None
+                              ) -> TaskSignal | None:
+        """Wait until a signal called `name` arrives and take it; None after `timeout`."""
         with self._lock:
+            found: list[TaskSignal] = []
+            if self._take(name, found):
+                return found[0]
+            future: asyncio.Future[TaskSignal] = asyncio.get_running_loop().create_future()
+            waiter = (name, future)
+            self._signal_waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            with self._lock:
+                if waiter in self._signal_waiters:
+                    self._signal_waiters.remove(waiter)
+
+    def _take(self, name: str, found: list[TaskSignal]) -> bool:
+        for i, signal in enumerate(self._signals):
+            if signal.name == name:
+                found.append(self._signals.pop(i))
+                return True
+        return False
+
+    def _deliver_signal(self, signal: TaskSignal) -> None:
+        # Called on the worker's event loop: an async waiter is woken right here.
+        with self._signal_arrived:
+            for waiter in self._signal_waiters:
+                name, future = waiter
+                if name == signal.name and not future.done():
+                    self._signal_waiters.remove(waiter)
+                    future.set_result(signal)
+                    return
             self._signals.append(signal)
+            self._signal_arrived.notify_all()
 
     def _cancel(self, reason: str) -> None:
         # The first reason wins: a timeout that fires after a cancel does not relabel it.
