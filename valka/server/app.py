@@ -70,6 +70,14 @@ class Node:
         return self.database_url
 
     async def start(self) -> None:
+        """Bring the node up; if any part fails, what was started is stopped again."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(drain_s=0)
+            raise
+
+    async def _start(self) -> None:
         cfg = self.cfg
         url = await self.prepare_database()
         self.pool = await open_pool(url, cfg.database.min_connections,
