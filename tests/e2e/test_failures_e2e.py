@@ -21,7 +21,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from grpc.experimental.aio import init_grpc_aio
 
 from tests.e2e.procs import HERE, Procs, free_port
 from tests.pg_fixtures import new_embedded_data_dir

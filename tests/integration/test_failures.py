@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from grpc.experimental.aio import init_grpc_aio
 
 from tests.server_fixtures import RawWorker, RunningNode, make_config, wait_until
 from valka.core.errors import ResourceExhausted
