@@ -37,6 +37,7 @@ class RunningNode:
         self.address = f"127.0.0.1:{node.grpc_port}"
         self.channel = grpc.aio.insecure_channel(self.address)
         self.api = api_pb2_grpc.ApiServiceStub(self.channel)
+        self.workers: list[RawWorker] = []
 
     async def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         async with await psycopg.AsyncConnection.connect(self.db_url, autocommit=True) as c:
@@ -47,8 +48,16 @@ class RunningNode:
                      worker_id: str | None = None,
                      in_flight: list[worker_pb2.TaskRef] | None = None) -> RawWorker:
         w = RawWorker(self.channel, queues, concurrency, worker_id, in_flight)
+        # Closed at teardown even when the test fails first: a stream left open keeps grpc
+        # objects alive past their event loop.
+        self.workers.append(w)
         await w.start()
         return w
+
+    async def close(self) -> None:
+        for w in self.workers:
+            await w.close()
+        await self.channel.close()
 
 
 @pytest.fixture
@@ -59,7 +68,7 @@ async def node(db_url: str, caplog: pytest.LogCaptureFixture) -> AsyncIterator[R
     try:
         yield running
     finally:
-        await running.channel.close()
+        await running.close()
         await n.stop(drain_s=0.5)
     stuck = [r.getMessage() for r in caplog.records if "shutdown step" in r.getMessage()
              or "tasks at the stuck step" in r.getMessage()]

@@ -335,7 +335,7 @@ async def test_task_inserted_by_plain_sql_is_picked_up(db_url: str) -> None:
         assert a.queue_name == "sqlq"
         await w.close()
     finally:
-        await node.channel.close()
+        await node.close()
         await n.stop(drain_s=0.5)
 
 

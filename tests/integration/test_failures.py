@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from grpc.experimental.aio import init_grpc_aio
 
 from tests.server_fixtures import RawWorker, RunningNode, make_config, wait_until
 from valka.core.errors import ResourceExhausted
@@ -31,7 +32,7 @@ from valka.v1 import api_pb2, worker_pb2
 # and in a process that has run many of them that shutdown can wait for ever on its poller
 # thread (seen here in ValkaClient.close and in garbage collection; grpc/grpc#22365). One
 # reference held for the life of the test process keeps the runtime up.
-pass  # init_grpc_aio() disabled for the experiment
+init_grpc_aio()
 
 LEASE_S = 2.0
 FAST_BACKOFF = 0.05
