@@ -68,8 +68,10 @@ async def node(db_url: str, caplog: pytest.LogCaptureFixture) -> AsyncIterator[R
     try:
         yield running
     finally:
-        await running.close()
-        await n.stop(drain_s=0.5)
+        try:
+            await running.close()
+        finally:
+            await n.stop(drain_s=0.5)
     stuck = [r.getMessage() for r in caplog.records if "shutdown step" in r.getMessage()
              or "tasks at the stuck step" in r.getMessage()]
     assert not stuck, "\n".join(stuck)

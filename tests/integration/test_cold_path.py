@@ -45,5 +45,7 @@ async def test_listener_reconnects_and_still_wakes_readers(db_url: str) -> None:
         assert a.queue_name == "lq"
         await w.close()
     finally:
-        await node.close()
-        await n.stop(drain_s=0.5)
+        try:
+            await node.close()
+        finally:
+            await n.stop(drain_s=0.5)

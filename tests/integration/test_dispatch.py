@@ -335,8 +335,10 @@ async def test_task_inserted_by_plain_sql_is_picked_up(db_url: str) -> None:
         assert a.queue_name == "sqlq"
         await w.close()
     finally:
-        await node.close()
-        await n.stop(drain_s=0.5)
+        try:
+            await node.close()
+        finally:
+            await n.stop(drain_s=0.5)
 
 
 async def test_heartbeat_after_reconnect_adopts_the_running_task(node: RunningNode) -> None:

@@ -43,5 +43,7 @@ async def test_server_drain_accepts_in_flight_results(db_url: str) -> None:
         rows = dict(await node.sql("SELECT id::text, status::text FROM tasks"))
         assert rows == {task.id: "COMPLETED", unacked.id: "PENDING"}
     finally:
-        await node.close()
-        await n.stop(drain_s=0.1)
+        try:
+            await node.close()
+        finally:
+            await n.stop(drain_s=0.1)
