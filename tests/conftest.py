@@ -7,9 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from grpc.experimental.aio import init_grpc_aio
 
 import valka
 from valka._build import compiled
+
+# grpc's asyncio runtime shuts down (joining its poller thread) when the process's last
+# channel or server goes away; mid-run that join has hung. Keeping the runtime alive for the
+# whole session avoids it (grpc/grpc#22365).
+init_grpc_aio()
 
 # Variables a developer (or CI) sets on purpose for the test run itself.
 KEPT_ENV = frozenset({"VALKA_TEST_DATABASE_URL", "VALKA_EXPECT_COMPILED"})

@@ -21,7 +21,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from grpc.experimental.aio import init_grpc_aio
 
 from tests.e2e.procs import HERE, Procs, free_port
 from tests.pg_fixtures import new_embedded_data_dir
@@ -30,12 +29,6 @@ from valka.core.errors import Unavailable
 from valka.core.status import TaskStatus
 from valka.sdk import ValkaClient
 from valka.sdk.models import TaskSpec
-
-# grpc's asyncio runtime shuts down whenever the process's last channel or server goes away,
-# and in a process that has run many of them that shutdown can wait for ever on its poller
-# thread (seen here in ValkaClient.close and in garbage collection; grpc/grpc#22365). One
-# reference held for the life of the test process keeps the runtime up.
-init_grpc_aio()
 
 pytestmark = pytest.mark.e2e
 

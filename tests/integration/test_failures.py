@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from grpc.experimental.aio import init_grpc_aio
 
 from tests.server_fixtures import RawWorker, RunningNode, make_config, wait_until
 from valka.core.errors import ResourceExhausted
@@ -27,12 +26,6 @@ from valka.sdk import Fail, TaskContext, ValkaClient, ValkaWorker
 from valka.server import validation
 from valka.server.app import Node
 from valka.v1 import api_pb2, worker_pb2
-
-# grpc's asyncio runtime shuts down whenever the process's last channel or server goes away,
-# and in a process that has run many of them that shutdown can wait for ever on its poller
-# thread (seen here in ValkaClient.close and in garbage collection; grpc/grpc#22365). One
-# reference held for the life of the test process keeps the runtime up.
-init_grpc_aio()
 
 LEASE_S = 2.0
 FAST_BACKOFF = 0.05

@@ -62,6 +62,9 @@ async def open_pool(
         name=name,
         kwargs=_connect_kwargs(name, connect_timeout_s),
         configure=configure,
+        # A checkout waits no longer than a connect may take: during an outage callers get
+        # an error in seconds, not after the client's own deadline.
+        timeout=connect_timeout_s,
         open=False,
     )
     try:

@@ -35,11 +35,14 @@ class _Reader:
         self.idle_poll_s = idle_poll_s
         self.wake = asyncio.Event()
         self.wake.set()
+        self.closed = False
         self.task = asyncio.create_task(self._run(), name=f"reader:{queue}:{partition}")
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        # A flag as well as the cancel: in 3.11 a wait_for that completes in the same turn
+        # as a cancel swallows the cancel.
+        while not self.closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.idle_poll_s)
             self.wake.clear()
@@ -98,7 +101,11 @@ class ReaderSet:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [r.task for readers in self._readers.values() for r in readers]
+        readers = [r for rs in self._readers.values() for r in rs]
+        for r in readers:
+            r.closed = True
+            r.wake.set()
+        tasks = [r.task for r in readers]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -230,5 +230,8 @@ async def run_server(cfg: Config, *, migrate_only: bool = False) -> None:
 def _log_task_stacks() -> None:
     buffer = io.StringIO()
     for task in asyncio.all_tasks():
-        task.print_stack(limit=8, file=buffer)
+        try:
+            task.print_stack(limit=8, file=buffer)
+        except Exception as exc:  # a frame of compiled code can lack a line number
+            print(f"{task!r}: no stack ({exc!r})", file=buffer)
     log.error("tasks at the stuck step:\n%s", buffer.getvalue())
