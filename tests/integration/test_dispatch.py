@@ -359,3 +359,28 @@ async def test_heartbeat_after_reconnect_adopts_the_running_task(node: RunningNo
     assert ra.accepted
     assert (await status_of(node, task_id))[0] == "COMPLETED"
     await again.close()
+
+
+async def test_malformed_result_is_refused_alone(node: RunningNode) -> None:
+    task_id = await create(node)
+    w = await node.worker(["q"])
+    [a] = await w.assignments(1)
+    bad = worker_pb2.Result(task_id="not-a-uuid", attempt=1, success=True)
+    huge = worker_pb2.Heartbeat(tasks=[worker_pb2.TaskRef(task_id="nope", attempt=1)])
+    await w.send(acks=[ack(a)], results=[bad, ok(a)], heartbeat=huge)
+    acks = {r.task_id: r for r in await w.result_acks(2)}
+    assert not acks["not-a-uuid"].accepted and "task_id" in acks["not-a-uuid"].reason
+    assert acks[task_id].accepted
+    assert (await status_of(node, task_id))[0] == "COMPLETED"
+    await w.close()
+
+
+async def test_disconnected_worker_is_listed_as_disconnected(node: RunningNode) -> None:
+    w = await node.worker(["q"])
+    await w.close()
+
+    async def disconnected() -> bool:
+        rows = await node.sql("SELECT status FROM workers WHERE id = %s", w.worker_id)
+        return rows == [("DISCONNECTED",)]
+    await wait_until(disconnected)
+

@@ -24,11 +24,16 @@ Row = dict[str, Any]
 
 
 async def worker_connect(pool: Pool, *, id: str, name: str, node_id: str, queues: list[str],
-                         concurrency: int, labels: str, sdk_version: str) -> None:
+                         concurrency: int, labels: str, sdk_version: str) -> datetime:
+    """Returns the database's connected_at, which the disconnect must match."""
     async with pool.connection() as conn:
-        await conn.execute(_W["worker_connect"], {
+        cur = await conn.execute(_W["worker_connect"], {
             "id": id, "name": name, "node_id": node_id, "queues": queues,
             "concurrency": concurrency, "labels": labels, "sdk_version": sdk_version})
+        row = await cur.fetchone()
+        assert row is not None
+        connected_at: datetime = row[0]
+        return connected_at
 
 
 async def worker_disconnect(pool: Pool, *, id: str, node_id: str, connected_at: datetime

@@ -35,6 +35,8 @@ log = logging.getLogger("valka.engine")
 
 _JSON_NUL: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _JSON_DECODER: Final = msgspec.json.Decoder()
+# A handler's own retry delay is capped at a year (an interval PostgreSQL can hold).
+_MAX_RETRY_DELAY_MS: Final = 366 * 24 * 3600 * 1000
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
                           r"[0-9a-fA-F]{12}")
 
@@ -343,7 +345,8 @@ class Engine:
             concurrency=concurrency, labels=hello.labels or "{}",
             sdk_version=hello.sdk_version, connected_at=datetime.now(UTC),
             max_frame_bytes=self.cfg.limits.max_grpc_message_bytes // 2)
-        await db_misc.worker_connect(
+        # The database's clock, not ours: the disconnect compares against this value.
+        session.connected_at = await db_misc.worker_connect(
             self.pool, id=session.worker_id, name=session.name, node_id=self.node_id,
             queues=session.queues, concurrency=concurrency, labels=session.labels,
             sdk_version=session.sdk_version)
@@ -457,7 +460,11 @@ class Engine:
         successes: list[tuple[str, int, str | None]] = []
         failures: list[tuple[str, int, str, bool, int]] = []
         limit = self.cfg.limits.max_output_bytes
+        refused: dict[tuple[str, int], str] = {}
         for r in results:
+            if not _is_uuid(r.task_id):
+                refused[(r.task_id, r.attempt)] = "task_id: not a valid UUID"
+                continue
             if r.success:
                 problem = _check_output(r.output, limit)
                 if problem is None:
@@ -467,7 +474,7 @@ class Engine:
             else:
                 error = (r.error_message or "failed").replace("\x00", "\\u0000")
                 failures.append((r.task_id, r.attempt, error[:65536], r.retryable,
-                                 max(r.retry_delay_ms, 0)))
+                                 min(max(r.retry_delay_ms, 0), _MAX_RETRY_DELAY_MS)))
         accepted: set[tuple[str, int]] = set()
         if successes:
             rows = await db_tasks.complete_many(self.pool, successes,
@@ -487,7 +494,9 @@ class Engine:
                 self.lost_races += 1
             acks.append(worker_pb2.ResultAck(
                 task_id=r.task_id, attempt=r.attempt, accepted=ok,
-                reason="" if ok else "the task is not running under this worker and attempt"))
+                reason="" if ok else refused.get(
+                    (r.task_id, r.attempt),
+                    "the task is not running under this worker and attempt")))
             if session.running.get(r.task_id) == r.attempt:
                 del session.running[r.task_id]
                 freed += 1
@@ -515,7 +524,8 @@ class Engine:
         # extended where the database agrees this worker runs that attempt. One it runs that
         # this session did not know of (an SDK that reconnected without naming it in its
         # hello) is adopted rather than declared lost.
-        running = [(t.task_id, t.attempt) for t in hb.tasks if t.task_id not in session.assigned]
+        running = [(t.task_id, t.attempt) for t in hb.tasks
+                   if t.task_id not in session.assigned and _is_uuid(t.task_id)]
         kept: set[str] = set()
         if running:
             rows = await db_tasks.extend_leases(self.pool, running,

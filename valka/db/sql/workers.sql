@@ -8,7 +8,8 @@ ON CONFLICT (id) DO UPDATE
 SET name = EXCLUDED.name, node_id = EXCLUDED.node_id, queues = EXCLUDED.queues,
     concurrency = EXCLUDED.concurrency, labels = EXCLUDED.labels,
     sdk_version = EXCLUDED.sdk_version, status = 'CONNECTED', connected_at = now(),
-    last_seen_at = now(), disconnected_at = NULL;
+    last_seen_at = now(), disconnected_at = NULL
+RETURNING connected_at;
 
 -- name: worker_disconnect
 -- A worker session ended (only if no newer session of the same worker took over).
