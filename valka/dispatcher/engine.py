@@ -241,10 +241,10 @@ class Engine:
         holder = self.sessions.get(self._holder.get(task_id, -1))
         if holder is None or task_id not in holder.running:
             return row["id"], False
+        await db_misc.signal_mark_delivered(self.pool, [row["id"]])
         holder.signal(worker_pb2.Signal(
             signal_id=row["id"], task_id=task_id, name=name, payload=payload or "",
             timestamp_ms=_now_ms()))
-        await db_misc.signal_mark_delivered(self.pool, [row["id"]])
         return row["id"], True
 
     # ---- the cold path ---------------------------------------------------------------
@@ -434,12 +434,13 @@ class Engine:
             lease_s=self.cfg.worker.lease_seconds)
         started = {str(r["id"]) for r in rows}
         pending = [r for r in rows if r["signal_id"] is not None]
+        if pending:
+            # Recorded before it is sent, so nobody sees it arrive while still PENDING.
+            await db_misc.signal_mark_delivered(self.pool, [r["signal_id"] for r in pending])
         for r in pending:
             session.signal(worker_pb2.Signal(
                 signal_id=r["signal_id"], task_id=str(r["id"]), name=r["signal_name"],
                 payload=r["signal_payload"] or "", timestamp_ms=_now_ms()))
-        if pending:
-            await db_misc.signal_mark_delivered(self.pool, [r["signal_id"] for r in pending])
         freed = 0
         for task_id, attempt, _ in refs:
             session.assigned.pop(task_id, None)
